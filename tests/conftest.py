@@ -1,0 +1,18 @@
+"""Every test runs offline: no hub, no wandb server, results written to a temporary store."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def store_root(tmp_path, monkeypatch):
+    """A fresh results store for one test, so tests never write into results/."""
+    root = tmp_path / "results"
+    monkeypatch.setenv("LORA_REPRO_RESULTS", str(root))
+    return root
