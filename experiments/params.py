@@ -1,0 +1,11 @@
+"""`make params`: count trainable parameters for the paper's configurations (results/params/)."""
+
+import logging
+
+from lora_repro.paths import results_dir
+from lora_repro.report.params import write_param_table
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    table = write_param_table(results_dir() / "params")
+    print(table[["table", "model", "method", "config", "trainable_params", "paper_printed", "agrees"]].to_string())
