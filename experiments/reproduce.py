@@ -1,0 +1,54 @@
+"""`make reproduce-glue` (and friends): run what the store lacks for a protocol, then write its table.
+
+    python -m experiments.reproduce +experiment=glue_cpu [--seeds 5] [--shard 0/2] [--table-only] [overrides...]
+
+Runs are ordered so a task that others initialise from (MNLI) comes first. `--shard i/n` takes every
+n-th method, so n processes can share the machine; the table is written by the unsharded call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from omegaconf import OmegaConf
+
+from lora_repro.config import compose_config
+from lora_repro.paths import results_dir
+from lora_repro.report.glue import write_glue_table
+from lora_repro.run import explicit_overrides, resolve, run
+
+log = logging.getLogger("reproduce")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=glue_cpu train.lr=1e-3")
+    parser.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 (default: the protocol's)")
+    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th method starting at i")
+    parser.add_argument("--table-only", action="store_true", help="write the table from the store, train nothing")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    base = compose_config(args.overrides)
+    protocol = OmegaConf.to_container(base.protocol, resolve=True)
+    seeds = list(range(args.seeds)) if args.seeds else protocol["seeds"]
+    index, count = (int(x) for x in args.shard.split("/"))
+    methods = protocol["methods"][index::count]
+    tasks = sorted(protocol["tasks"], key=lambda t: t != "mnli")
+    explicit = explicit_overrides(args.overrides)
+    started = time.perf_counter()
+    if not args.table_only:
+        plan = [(m, t, s) for m in methods for t in tasks for s in seeds]
+        for number, (method, task, seed) in enumerate(plan, 1):
+            cfg = compose_config([*args.overrides, f"task={task}", f"method={method}", f"seed={seed}"])
+            log.info("[%d/%d] %s %s seed %d", number, len(plan), task, method, seed)
+            run(resolve(OmegaConf.to_container(cfg, resolve=True), explicit))
+    if count == 1:
+        write_glue_table(base.experiment_name, protocol["methods"], protocol["tasks"], base.paper_protocol,
+                         results_dir() / "tables", wall_s=None if args.table_only else time.perf_counter() - started)
+        log.info("wrote %s", results_dir() / "tables" / f"glue_{base.experiment_name}.md")
+
+
+if __name__ == "__main__":
+    main()

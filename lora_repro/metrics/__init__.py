@@ -1,0 +1,1 @@
+"""Task metrics: GLUE classification/regression scores and the NLG scorers."""

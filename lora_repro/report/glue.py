@@ -1,0 +1,109 @@
+"""The GLUE table (paper Table 2) from the results store, with the paper's numbers beside ours.
+
+One row per method: trainable parameters without and with the head, one column per task (the
+paper's headline metric x 100: accuracy, CoLA Matthews, STS-B Pearson, MNLI pooled m+mm) and the
+average. With several seeds a cell is the median of each run's best epoch, ± half the range.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pandas as pd
+
+from lora_repro.metrics.glue import headline
+from lora_repro.paths import REPO_ROOT
+from lora_repro.store import RunStore
+
+PAPER_CSV = REPO_ROOT / "results" / "paper" / "glue_table2.csv"
+TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
+
+
+def collect(experiment: str, store: RunStore | None = None) -> pd.DataFrame:
+    """One row per completed run: method, task, seed, headline score x 100, counts, wall time."""
+    rows = []
+    for record in (store or RunStore()).records(experiment):
+        if record["status"] != "completed":
+            continue
+        rows.append({
+            "method": record["method"], "task": record["task"], "seed": record["seed"],
+            "score": 100 * record["best"][headline(record["task"])],
+            "trainable": record["params"]["trainable"], "trainable_with_head": record["params"]["trainable_with_head"],
+            "wall_s": record["timing"].get("wall_s"), "model": record["model"], "scale": record["scale"],
+            "peak_rss_bytes": record["memory"].get("peak_rss_bytes"),
+            "train_samples_per_s": record["timing"].get("train_samples_per_s"),
+            "checkpoint_bytes": record["checkpoint"].get("bytes"),
+        })
+    return pd.DataFrame(rows)
+
+
+def summarise(runs: pd.DataFrame, methods: list[str], tasks: list[str]) -> pd.DataFrame:
+    """Median and half-range over seeds per method x task, plus the average over tasks."""
+    out = []
+    for method in methods:
+        mine = runs[runs.method == method]
+        row: dict = {"method": method}
+        if not mine.empty:
+            row["trainable"] = int(mine.trainable.median())
+            row["trainable_with_head"] = int(mine.trainable_with_head.median())
+        for task in tasks:
+            scores = mine[mine.task == task].score
+            row[task] = scores.median() if len(scores) else float("nan")
+            row[f"{task}_spread"] = (scores.max() - scores.min()) / 2 if len(scores) > 1 else float("nan")
+            row[f"{task}_seeds"] = len(scores)
+        row["avg"] = pd.Series([row[t] for t in tasks]).mean(skipna=False)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _cell(value: float, spread: float, paper: float | None) -> str:
+    if pd.isna(value):
+        return "–"
+    text = f"{value:.1f}" + (f"±{spread:.1f}" if not pd.isna(spread) else "")
+    return text + (f" ({paper:.1f})" if paper is not None and not pd.isna(paper) else "")
+
+
+def to_markdown(summary: pd.DataFrame, tasks: list[str], paper_protocol: str, caption: str) -> str:
+    paper = pd.read_csv(PAPER_CSV)
+    paper = paper[paper.paper_protocol == paper_protocol].set_index("method")
+    head = "| method | params | params with head | " + " | ".join(t.upper() for t in tasks) + " | Avg |"
+    lines = [caption, "", head, "|" + "---|" * (len(tasks) + 4)]
+    for row in summary.itertuples(index=False):
+        r = row._asdict()
+        ref = paper.loc[r["method"]] if r["method"] in paper.index else None
+        cells = [_cell(r[t], r[f"{t}_spread"], None if ref is None else ref[t]) for t in tasks]
+        paper_avg = None if ref is None else pd.Series([ref[t] for t in tasks]).mean()
+        params = f"{r.get('trainable', 0):,}" + (f" ({ref['params_printed']})" if ref is not None else "")
+        lines.append(f"| {r['method']} | {params} | {r.get('trainable_with_head', 0):,} | " + " | ".join(cells)
+                     + f" | {_cell(r['avg'], float('nan'), paper_avg)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_glue_table(experiment: str, methods: list[str], tasks: list[str], paper_protocol: str,
+                     out_dir: Path, wall_s: float | None = None, store: RunStore | None = None) -> pd.DataFrame:
+    runs = collect(experiment, store)
+    if runs.empty:
+        raise ValueError(f"the store holds no completed runs for experiment {experiment!r}; run it first")
+    tasks = [t for t in TASK_ORDER if t in tasks]
+    summary = summarise(runs, methods, tasks)
+    models = ", ".join(sorted(runs.model.unique()))
+    scales = ", ".join(sorted(runs.scale.unique()))
+    seeds = int(runs.groupby(["method", "task"]).seed.count().max())
+    total = runs.wall_s.sum()
+    caption = (
+        f"# GLUE dev, {experiment}: model {models}, scale {scales}\n\n"
+        f"Ours (paper's {paper_protocol} row in parentheses; the paper's model differs from ours at this scale). "
+        f"Headline metric x 100 of each run's best epoch: accuracy; CoLA Matthews corr.; STS-B Pearson. "
+        f"{'Median of ' + str(seeds) + ' seeds ± half-range.' if seeds > 1 else 'One seed.'} "
+        f"`params`: trainable without the head (the paper's count; the paper's in parentheses), "
+        f"`with head`: including the classifier (and BERT's pooler). Avg over the tasks shown (the paper's avg "
+        f"recomputed over the same tasks). Sum of run wall times: {total / 60:.1f} min"
+        + (f"; table wall time {wall_s / 60:.1f} min" if wall_s else "")
+        + f"; {platform.machine()}, {__import__('os').cpu_count()} cores. Regenerate: `make reproduce-glue`."
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"glue_{experiment}"
+    summary.to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".md").write_text(to_markdown(summary, tasks, paper_protocol, caption))
+    return summary

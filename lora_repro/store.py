@@ -1,0 +1,346 @@
+"""The results store: one immutable JSON record per run, found again through its config's key.
+
+Layout: ``<results_dir()>/runs/<experiment>/<key>.json``. A record is written once, atomically,
+and never edited, so tables and plots regenerated from the store always see whole runs, and a
+killed-and-rerun sweep neither duplicates nor tears a record: a rerun of an identical config
+finds its key (``RunStore.exists``) and is skipped unless forced.
+
+Record schema, ``SCHEMA_VERSION = 1`` (all fields required; ``new_record`` fills the first
+three and ``env``):
+
+==================  ===========  ==========================================================
+field               type         meaning
+==================  ===========  ==========================================================
+schema_version      int          ``SCHEMA_VERSION`` at write time
+key                 str          ``run_key(config)``: 16 hex chars; also the file name
+created_at          str          ISO 8601 UTC time of writing
+experiment          str          experiment (sweep / protocol) name; the folder name
+task                str          e.g. ``sst2``, ``mnli``, ``e2e``
+model               str          model id as configured
+method              str          e.g. ``full``, ``bitfit``, ``lora``, ``adapter_h``
+seed                int          training seed
+scale               str          ``smoke`` | ``cpu`` | ``paper``
+config              dict         the resolved run config (plain JSON), source of ``key``
+epochs              list[dict]   per-epoch metrics, e.g. ``{"epoch": 1, "accuracy": 0.91}``
+best                dict         metrics of the selected epoch
+best_epoch          int | null   the selected epoch (null if the run failed before one)
+params              dict         ``trainable`` (excluding the task head: the paper's count),
+                                 ``trainable_with_head``, ``total``; ints or null
+timing              dict         seconds and rates, e.g. ``train_s``, ``samples_per_s``
+memory              dict         peak memory in bytes, e.g. ``peak_gpu_bytes``
+checkpoint          dict         where the method-only weights are and their size,
+                                 e.g. ``{"path": ..., "bytes": ...}``
+env                 dict         ``env_info()``: ``git_commit``, ``git_dirty``, ``packages``,
+                                 ``hardware``
+status              str          ``completed`` | ``failed``
+==================  ===========  ==========================================================
+
+Metric values are fractions as ``lora_repro.metrics`` returns them; NaN (e.g. a Pearson
+correlation of constant predictions) is written as JSON ``NaN``, which Python and pandas read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lora_repro.paths import REPO_ROOT, results_dir
+
+SCHEMA_VERSION = 1
+# Config keys that do not change what a run computes (where it logs, whether to overwrite,
+# Hydra's own bookkeeping, where outputs go), so they must not change its key.
+IGNORED_CONFIG_KEYS = ("logger", "force", "hydra", "output_dir")
+STATUSES = ("completed", "failed")
+PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "scikit-learn", "numpy")
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int,
+    "key": str,
+    "created_at": str,
+    "experiment": str,
+    "task": str,
+    "model": str,
+    "method": str,
+    "seed": int,
+    "scale": str,
+    "config": dict,
+    "epochs": list,
+    "best": dict,
+    "best_epoch": (int, type(None)),
+    "params": dict,
+    "timing": dict,
+    "memory": dict,
+    "checkpoint": dict,
+    "env": dict,
+    "status": str,
+}
+_PARAM_FIELDS = ("trainable", "trainable_with_head", "total")
+_KEY_PATTERN = re.compile(r"[0-9a-f]{16}")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class RecordExistsError(FileExistsError):
+    """A record with this key is already stored; pass force=True to replace it."""
+
+
+def run_key(config: Mapping[str, Any]) -> str:
+    """16 hex chars of the SHA-256 of the canonical JSON of ``config``'s identity keys.
+
+    Top-level keys in ``IGNORED_CONFIG_KEYS`` are left out. ``config`` must be plain JSON data
+    (for Hydra: ``OmegaConf.to_container(cfg, resolve=True)``).
+    """
+    identity = {name: value for name, value in config.items() if name not in IGNORED_CONFIG_KEYS}
+    try:
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    except TypeError as err:
+        raise ValueError(
+            f"run config is not plain JSON data ({err}); resolve it to dicts, lists, strings and "
+            "numbers first, e.g. OmegaConf.to_container(cfg, resolve=True)"
+        ) from err
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def new_record(
+    config: Mapping[str, Any],
+    *,
+    experiment: str,
+    task: str,
+    model: str,
+    method: str,
+    seed: int,
+    scale: str,
+    epochs: list[dict[str, Any]],
+    best: dict[str, Any],
+    best_epoch: int | None,
+    params: dict[str, int | None],
+    timing: dict[str, Any],
+    memory: dict[str, Any],
+    checkpoint: dict[str, Any],
+    status: str,
+    env: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A validated record with ``schema_version``, ``key``, ``created_at`` and ``env`` filled in."""
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "key": run_key(config),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "experiment": experiment,
+        "task": task,
+        "model": model,
+        "method": method,
+        "seed": seed,
+        "scale": scale,
+        "config": dict(config),
+        "epochs": epochs,
+        "best": best,
+        "best_epoch": best_epoch,
+        "params": params,
+        "timing": timing,
+        "memory": memory,
+        "checkpoint": checkpoint,
+        "env": env_info() if env is None else env,
+        "status": status,
+    }
+    validate_record(record)
+    return record
+
+
+def validate_record(record: Any, origin: str = "record") -> None:
+    """Raise ValueError listing every way ``record`` breaks the schema (``origin`` names it)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{origin}: a record must be a JSON object, got {type(record).__name__}")
+    problems = []
+    missing = [name for name in _FIELD_TYPES if name not in record]
+    if missing:
+        problems.append(f"missing fields {missing}")
+    for name, expected in _FIELD_TYPES.items():
+        if name in record and not isinstance(record[name], expected):
+            problems.append(f"{name} has type {type(record[name]).__name__}")
+    if record.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        problems.append(
+            f"schema_version {record['schema_version']} (this code reads {SCHEMA_VERSION})"
+        )
+    if isinstance(record.get("key"), str) and not _KEY_PATTERN.fullmatch(record["key"]):
+        problems.append(f"key {record['key']!r} is not 16 lowercase hex chars")
+    if isinstance(record.get("experiment"), str) and not _NAME_PATTERN.fullmatch(
+        record["experiment"]
+    ):
+        problems.append(
+            f"experiment {record['experiment']!r} is not a plain folder name "
+            "(letters, digits, '.', '_', '-')"
+        )
+    if isinstance(record.get("status"), str) and record["status"] not in STATUSES:
+        problems.append(f"status {record['status']!r} is not one of {list(STATUSES)}")
+    if isinstance(record.get("params"), dict):
+        absent = [name for name in _PARAM_FIELDS if name not in record["params"]]
+        if absent:
+            problems.append(f"params lacks {absent}")
+    if isinstance(record.get("config"), dict) and isinstance(record.get("key"), str):
+        expected_key = run_key(record["config"])
+        if record["key"] != expected_key:
+            problems.append(f"key {record['key']} != run_key(config) {expected_key}")
+    if problems:
+        raise ValueError(
+            f"{origin} does not match results-store schema v{SCHEMA_VERSION}: "
+            + "; ".join(problems)
+            + ". Build records with lora_repro.store.new_record."
+        )
+
+
+class RunStore:
+    """Records under ``<root>/runs/<experiment>/<key>.json`` (root default: ``results_dir()``)."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else results_dir()
+
+    def path(self, experiment: str, key: str) -> Path:
+        if not _KEY_PATTERN.fullmatch(key):
+            raise ValueError(f"run key {key!r} is not 16 lowercase hex chars (see run_key)")
+        return self._folder(experiment) / f"{key}.json"
+
+    def _folder(self, experiment: str) -> Path:
+        if not _NAME_PATTERN.fullmatch(experiment):
+            raise ValueError(
+                f"experiment {experiment!r} is not a plain folder name (letters, digits, '.', "
+                "'_', '-')"
+            )
+        return self.root / "runs" / experiment
+
+    def exists(self, experiment: str, key: str) -> bool:
+        return self.path(experiment, key).is_file()
+
+    def write(self, record: dict[str, Any], force: bool = False) -> Path:
+        """Store ``record`` atomically; raise RecordExistsError if its key is taken, unless force.
+
+        The JSON is written whole to a temporary file beside the target and fsynced; it then
+        becomes the record with ``os.link`` (fails if the name exists, so of two concurrent
+        writers exactly one wins) or, when forced, ``os.replace``. Readers never see part of a
+        record.
+        """
+        validate_record(record, "record to write")
+        path = self.path(record["experiment"], record["key"])
+        text = json.dumps(record, indent=2) + "\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{record['key']}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if force:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise RecordExistsError(
+                        f"run record {path} already exists (same config key); records are "
+                        "immutable: skip this run, or pass force=True to replace it"
+                    ) from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+        return path
+
+    def read(self, experiment: str, key: str) -> dict[str, Any]:
+        path = self.path(experiment, key)
+        if not path.is_file():
+            raise FileNotFoundError(f"no run record {path} (experiment {experiment!r}, key {key})")
+        return _load(path)
+
+    def records(self, experiment: str | None = None) -> list[dict[str, Any]]:
+        """All records (of one experiment, if given), in path order."""
+        if experiment is None:
+            paths = (self.root / "runs").glob("*/*.json")
+        else:
+            paths = self._folder(experiment).glob("*.json")
+        return [_load(path) for path in sorted(paths)]
+
+
+def load_dataframe(
+    root: str | os.PathLike | None = None, experiment: str | None = None
+) -> pd.DataFrame:
+    """One row per record, nested dicts flattened to dotted columns (``best.accuracy``,
+    ``config.method.r``, ``params.trainable``); ``epochs`` stays a list per row."""
+    return pd.json_normalize(RunStore(root).records(experiment), sep=".")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}, line {err.lineno}: not valid JSON ({err.msg}); the record is damaged: "
+            "delete it and rerun that config"
+        ) from err
+    validate_record(record, str(path))
+    if path.stem != record["key"] or path.parent.name != record["experiment"]:
+        raise ValueError(
+            f"{path}: holds experiment {record['experiment']!r} key {record['key']}, "
+            "which does not match its location; move it to runs/<experiment>/<key>.json"
+        )
+    return record
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the new directory entry durable too (a crash after write keeps the record)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def env_info() -> dict[str, Any]:
+    """Where a run ran: git commit (and whether the tree had local changes), package versions,
+    platform, CPU count and CUDA device, so a record can be traced to code and hardware."""
+    # Imported here: reading records (reports, notebooks) should not need torch loaded.
+    import torch
+
+    status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
+    cuda = torch.cuda.is_available()
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "hardware": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "python": sys.version.split()[0],
+            "cpu_count": os.cpu_count(),
+            "cuda_device_count": torch.cuda.device_count() if cuda else 0,
+            "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        },
+    }
+
+
+def _git(*args: str) -> str | None:
+    """Output of a read-only git command in the repository, or None without git or commits."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *args],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,48 @@
+"""GLUE for the run loop: cached encodings, dynamic padding, eval on dev (MNLI: matched + mismatched)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lora_repro.data.glue import encode_split, get_task, make_loader
+from lora_repro.methods import MethodHandle
+from lora_repro.metrics.glue import compute_eval_metrics, headline
+from lora_repro.tasks.base import TaskData
+from lora_repro.train import move
+
+TASK_KIND = "seq_cls"
+
+
+def num_labels(task: str) -> int:
+    return get_task(task).num_labels
+
+
+def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) -> TaskData:
+    task, train_cfg = cfg["task"]["name"], cfg["train"]
+    spec = get_task(task)
+    common = dict(max_length=int(train_cfg["max_length"]), subset_seed=int(train_cfg["subset_seed"]),
+                  data_root=cfg.get("data_root"), source=cfg.get("data_source", "local"))
+    train = encode_split(tokenizer, task, spec.train_split, subset_size=train_cfg["train_subset"], **common)
+    evals = {split: encode_split(tokenizer, task, split, subset_size=train_cfg["eval_subset"], **common)
+             for split in spec.eval_splits}
+    pad = tokenizer.pad_token_id
+    loader = make_loader(train, int(train_cfg["batch_size"]), shuffle=True, seed=int(cfg["seed"]),
+                         pad_token_id=pad, group_by_length=bool(train_cfg["group_by_length"]))
+    eval_loaders = {s: make_loader(e, int(train_cfg["eval_batch_size"]), pad_token_id=pad) for s, e in evals.items()}
+
+    @torch.inference_mode()
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        outputs = {}
+        for split, batches in eval_loaders.items():
+            preds, golds = [], []
+            for batch in batches:
+                labels = batch.pop("labels")
+                logits = model(**move(handle.prepare_batch(batch), device)).logits
+                preds.append(logits.float().cpu())
+                golds.append(labels)
+            outputs[split] = (torch.cat(preds), torch.cat(golds))
+        return compute_eval_metrics(task, outputs)
+
+    return TaskData(loader, len(loader), evaluate, headline(task), spec.num_labels, causal=False,
+                    info={"train_rows": len(train), "eval_rows": {s: len(e) for s, e in evals.items()}})
