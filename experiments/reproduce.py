@@ -1,4 +1,5 @@
-"""`make reproduce-glue` (and friends): run what the store lacks for a protocol, then write its table.
+"""`make reproduce-glue`, `make reproduce-e2e` (and friends): run what the store lacks for a
+protocol, then write its table (GLUE or NLG, by the protocol's task kind).
 
     python -m experiments.reproduce +experiment=glue_cpu [--seeds 5] [--shard 0/2] [--table-only] [overrides...]
 
@@ -17,7 +18,9 @@ from omegaconf import OmegaConf
 from lora_repro.config import compose_config
 from lora_repro.paths import results_dir
 from lora_repro.report.glue import write_glue_table
+from lora_repro.report.nlg import write_nlg_table
 from lora_repro.run import explicit_overrides, resolve, run
+from lora_repro.store import run_key
 
 log = logging.getLogger("reproduce")
 
@@ -38,16 +41,28 @@ def main() -> None:
     tasks = sorted(protocol["tasks"], key=lambda t: t != "mnli")
     explicit = explicit_overrides(args.overrides)
     started = time.perf_counter()
+
+    def planned(methods: list[str]) -> list[dict]:
+        return [resolve(OmegaConf.to_container(compose_config(
+            [*args.overrides, f"task={t}", f"method={m}", f"seed={s}"]), resolve=True), explicit)
+            for m in methods for t in tasks for s in seeds]
+
     if not args.table_only:
-        plan = [(m, t, s) for m in methods for t in tasks for s in seeds]
-        for number, (method, task, seed) in enumerate(plan, 1):
-            cfg = compose_config([*args.overrides, f"task={task}", f"method={method}", f"seed={seed}"])
-            log.info("[%d/%d] %s %s seed %d", number, len(plan), task, method, seed)
-            run(resolve(OmegaConf.to_container(cfg, resolve=True), explicit))
+        plan = planned(methods)
+        for number, cfg in enumerate(plan, 1):
+            log.info("[%d/%d] %s %s seed %d", number, len(plan), cfg["task"]["name"], cfg["method"]["name"], cfg["seed"])
+            run(cfg)
     if count == 1:
-        write_glue_table(base.experiment_name, protocol["methods"], protocol["tasks"], base.paper_protocol,
-                         results_dir() / "tables", wall_s=None if args.table_only else time.perf_counter() - started)
-        log.info("wrote %s", results_dir() / "tables" / f"glue_{base.experiment_name}.md")
+        wall_s = None if args.table_only else time.perf_counter() - started
+        out = results_dir() / "tables"
+        keys = {run_key(cfg) for cfg in planned(protocol["methods"])}  # only this protocol's runs
+        if base.task.kind == "glue":
+            write_glue_table(base.experiment_name, protocol["methods"], protocol["tasks"], base.paper_protocol, out,
+                             wall_s, keys=keys)
+        else:
+            write_nlg_table(base.experiment_name, base.task.dataset, protocol["methods"], base.paper_protocol,
+                            protocol.get("notes", []), out, wall_s, keys=keys)
+        log.info("wrote the table for %s under %s", base.experiment_name, out)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def parse_overrides(text: str) -> dict[str, Any]:
         if value.startswith("["):
             result[key] = [v for v in value[1:-1].split(";") if v]
         else:
-            result[key] = OmegaConf.create({"v": value}).v if not value.lstrip("-").isdigit() else int(value)
+            # YAML scalar typing (as Hydra overrides): 16 -> int, 0.1 / 1e-3 -> float, false -> bool, kaiming -> str
+            result[key] = OmegaConf.create(f"v: {value}").v
     return result
 
 

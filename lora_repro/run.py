@@ -74,9 +74,11 @@ def validate(cfg: dict) -> None:
     kind = cfg["task"].get("kind")
     if kind not in TASK_FAMILIES:
         raise ConfigError(f"task.kind={kind!r} has no runner; known: {sorted(TASK_FAMILIES)}")
-    for key in ("lr", "epochs", "batch_size", "max_length"):
+    for key in ("lr", "batch_size", "max_length"):
         if not isinstance(train.get(key), (int, float)) or train[key] <= 0:
             raise ConfigError(f"train.{key} must be a positive number, got {train.get(key)!r}")
+    if not isinstance(train.get("epochs"), int) or train["epochs"] < 0:
+        raise ConfigError(f"train.epochs must be an integer >= 0 (0: evaluate the untrained model), got {train.get('epochs')!r}")
     for key in ("train_subset", "eval_subset"):
         if train.get(key) is not None and int(train[key]) < 1:
             raise ConfigError(f"train.{key} must be null or >= 1, got {train[key]!r}")

@@ -32,8 +32,8 @@ class TrainState:
     """Everything the loop changes: a checkpoint of a run is this object's state."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    optimizer: torch.optim.Optimizer | None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None
     step: int = 0
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -96,6 +96,8 @@ def train_loop(
 ) -> tuple[TrainState, dict[str, Any]]:
     """Train for train_cfg['epochs'] epochs (or max_steps), evaluating after each; keep the best epoch."""
     epochs = int(train_cfg["epochs"])
+    if epochs == 0:
+        return evaluate_untrained(model, evaluate, device)
     total = steps_per_epoch * epochs
     if train_cfg.get("max_steps"):
         total = min(total, int(train_cfg["max_steps"]))
@@ -158,6 +160,18 @@ def train_loop(
         "step_s": round(train_seconds / state.step, 5) if state.step else None,
     }
     return state, {"timing": timing, "memory": meter.summary(model, optimizer)}
+
+
+def evaluate_untrained(model: nn.Module, evaluate, device: torch.device) -> tuple[TrainState, dict[str, Any]]:
+    """epochs=0: the model as loaded (plus an identity-initialised method), evaluated once."""
+    meter = MemoryMeter(device)
+    with meter:
+        model.eval()
+        started = time.perf_counter()
+        metrics = evaluate(model)
+    state = TrainState(model, None, None, history=[{"epoch": 0, "step": 0, **metrics}], best=dict(metrics), best_epoch=0)
+    return state, {"timing": {"train_s": 0.0, "eval_s": round(time.perf_counter() - started, 3), "steps": 0},
+                   "memory": meter.summary(model)}
 
 
 def _better(value: float, best: float, maximize: bool) -> bool:

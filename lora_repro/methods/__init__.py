@@ -18,6 +18,7 @@ from lora_repro.models.arch import ArchSpec, is_head_param, spec_for
 Apply = Callable[[nn.Module, ArchSpec, Mapping], object]
 
 METHODS: dict[str, Apply] = {
+    "none": finetune.apply_none,
     "full": finetune.apply_full,
     "ft_top2": finetune.apply_top_k,
     "bitfit": finetune.apply_bitfit,

@@ -1,4 +1,4 @@
-"""The fine-tuning baselines: full fine-tuning, FT^Top2 (last k blocks) and BitFit (biases only)."""
+"""The fine-tuning baselines: full fine-tuning, FT^Top2 (last k blocks), BitFit (biases only), and none."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from collections.abc import Mapping
 from torch import nn
 
 from lora_repro.models.arch import ArchSpec, blocks
+
+
+def apply_none(model: nn.Module, spec: ArchSpec, cfg: Mapping) -> None:
+    """Nothing trains beyond the task head: the untuned (zero-shot) baseline, run with train.epochs=0."""
 
 
 def apply_full(model: nn.Module, spec: ArchSpec, cfg: Mapping) -> None:

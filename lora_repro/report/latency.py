@@ -1,0 +1,267 @@
+"""The latency table (paper Table 1) and heat maps (Figure 5) from the results store.
+
+Reads the records of one `latency_<device>` experiment (one per variant, per-cell timings in
+`epochs`), keeps the latest invocation (`timing.run_id`), and writes:
+- `<tables>/<experiment>.csv`: one row per variant x cell (median, mean, std, IQR, overhead);
+- `<tables>/<experiment>.md`: Table 1 with the paper's ms and % beside ours, the checks, the grid;
+- `<figures>/latency_heatmap_<device>.png`: overhead % over batch x seq, one panel per adapter
+  type and bottleneck (Figure 5's layout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lora_repro.paths import REPO_ROOT
+from lora_repro.store import RunStore
+
+PAPER_CSV = REPO_ROOT / "results" / "paper" / "latency_table1.csv"
+KIND_LABEL = {"base": "Fine-Tune / LoRA (base graph)", "lora_merged": "LoRA merged (merge_and_unload)",
+              "lora_unmerged": "LoRA unmerged (r=4, q,v)", "adapter_l": "Adapter^L", "adapter_h": "Adapter^H"}
+
+
+def latest_records(experiment: str, store: RunStore | None = None) -> list[dict[str, Any]]:
+    """The completed records of the most recent invocation (all variants of one run share a run_id)."""
+    records = [r for r in (store or RunStore()).records(experiment) if r["status"] == "completed"]
+    if not records:
+        raise ValueError(f"the store holds no latency records for experiment {experiment!r}; "
+                         "run `python -m experiments.latency` first")
+    latest = max(records, key=lambda r: r["created_at"])["timing"].get("run_id")
+    return [r for r in records if r["timing"].get("run_id") == latest]
+
+
+def collect(experiment: str, store: RunStore | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per variant x cell, and the run's info (device, dtype, threads, ...)."""
+    records = latest_records(experiment, store)
+    rows = []
+    for record in records:
+        variant = record["config"]["variant"]
+        for cell in record["epochs"]:
+            rows.append({
+                "variant": variant["name"], "kind": variant["kind"], "bottleneck": variant["bottleneck"],
+                "budget": variant["budget"], "method_params": record["params"]["trainable"],
+                **{k: v for k, v in cell.items() if k != "times_ms"},
+            })
+    frame = pd.DataFrame(rows).sort_values(["batch", "seq", "variant"]).reset_index(drop=True)
+    info = dict(records[0]["timing"])
+    info["grid"] = records[0]["config"]["grid"]
+    info["hardware"] = records[0]["env"].get("hardware", {})
+    info["peak_rss_bytes"] = records[0]["memory"].get("peak_rss_bytes")
+    info["model"] = records[0]["model"]
+    return frame, info
+
+
+def _cell(frame: pd.DataFrame, variant: str, batch: int, seq: int) -> pd.Series | None:
+    rows = frame[(frame.variant == variant) & (frame.batch == batch) & (frame.seq == seq)]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _variant_for(frame: pd.DataFrame, kind: str, budget: str) -> str | None:
+    names = frame[(frame.kind == kind) & (frame.budget == budget)].variant.unique()
+    return names[0] if len(names) else None
+
+
+def checks(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The acceptance checks, each with the numbers it rests on."""
+    out = []
+    merged = frame[frame.variant == "lora_merged"]
+    if not merged.empty:
+        ratios = 1 + merged.overhead_pct / 100
+        out.append({"check": "LoRA merged / base within 1.00 ± 0.01 (ratio of medians, every cell)",
+                    "passed": bool(((ratios - 1).abs() <= 0.01).all()),
+                    "numbers": f"ratios {ratios.min():.4f} .. {ratios.max():.4f} over {len(ratios)} cells"})
+    smallest = frame[["batch", "seq"]].drop_duplicates().assign(work=lambda d: d.batch * d.seq)
+    if (frame[(frame.batch == 1) & (frame.seq == 128)].shape[0]):
+        batch, seq = 1, 128
+    else:
+        first = smallest.sort_values(["work", "batch"]).iloc[0]
+        batch, seq = int(first.batch), int(first.seq)
+    at = frame[(frame.batch == batch) & (frame.seq == seq)]
+    pairs = []
+    by_r = at[at.budget.isna()]
+    for r in sorted({*by_r.bottleneck.dropna().astype(int)}):
+        h = by_r[(by_r.kind == "adapter_h") & (by_r.bottleneck == r)]
+        lo = by_r[(by_r.kind == "adapter_l") & (by_r.bottleneck == r)]
+        if not h.empty and not lo.empty:
+            pairs.append((f"r={r}", h.iloc[0].overhead_pct, lo.iloc[0].overhead_pct))
+    for budget in sorted(at.budget.dropna().unique()):
+        h = at[(at.kind == "adapter_h") & (at.budget == budget)]
+        lo = at[(at.kind == "adapter_l") & (at.budget == budget)]
+        if not h.empty and not lo.empty:
+            pairs.append((f"|Θ|={budget} (r_H={int(h.iloc[0].bottleneck)}, r_L={int(lo.iloc[0].bottleneck)})",
+                          h.iloc[0].overhead_pct, lo.iloc[0].overhead_pct))
+    if pairs:
+        out.append({"check": f"Adapter^H overhead > Adapter^L overhead > 0 at batch {batch}, seq {seq}",
+                    "passed": all(h > lo > 0 for _, h, lo in pairs),
+                    "numbers": "; ".join(f"{name}: H {h:+.1f} %, L {lo:+.1f} %" for name, h, lo in pairs)})
+    cells = smallest.sort_values(["work", "batch"])
+    if len(cells) > 1:
+        lo_cell, hi_cell = cells.iloc[0], cells.iloc[-1]
+        trend = []
+        for variant in sorted(frame[frame.kind.isin(["adapter_h", "adapter_l"]) & frame.budget.isna()].variant.unique()):
+            a = _cell(frame, variant, int(lo_cell.batch), int(lo_cell.seq))
+            b = _cell(frame, variant, int(hi_cell.batch), int(hi_cell.seq))
+            if a is not None and b is not None:
+                trend.append((variant, a.overhead_pct, b.overhead_pct))
+        if trend:
+            out.append({
+                "check": (f"overhead shrinks as batch x seq grows (batch {int(lo_cell.batch)}, seq {int(lo_cell.seq)} "
+                          f"vs batch {int(hi_cell.batch)}, seq {int(hi_cell.seq)})"),
+                "passed": all(b < a for _, a, b in trend),
+                "numbers": "; ".join(f"{v}: {a:+.1f} % -> {b:+.1f} %" for v, a, b in trend),
+            })
+    return out
+
+
+def table1_markdown(frame: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
+    cells = paper[["cell", "batch", "seq", "budget"]].drop_duplicates().itertuples(index=False)
+    cells = list(cells)
+    head = "| | " + " | ".join(f"BS {c.batch}, seq {c.seq}, \\|Θ\\|={c.budget}" for c in cells) + " |"
+    lines = [head, "|---|" + "---|" * len(cells)]
+    rows = [("base", "Fine-Tune / LoRA"), ("lora_merged", "LoRA merged (ours)"),
+            ("lora_unmerged", "LoRA unmerged r=4 (ours)"), ("adapter_l", "Adapter^L"), ("adapter_h", "Adapter^H")]
+    for kind, label in rows:
+        parts = []
+        for c in cells:
+            ref = paper[(paper.cell == c.cell) & (paper.method == kind)]
+            text = ""
+            if not ref.empty:
+                r = ref.iloc[0]
+                text = f"paper {r.ms:.1f} ± {r.ms_std:.1f}" + (f" (+{r.overhead_pct:.1f} %)" if not pd.isna(r.overhead_pct) else "")
+            name = kind if kind in ("base", "lora_merged", "lora_unmerged") else _variant_for(frame, kind, c.budget)
+            ours = _cell(frame, name, c.batch, c.seq) if name else None
+            if ours is not None:
+                mine = f"ours {ours.median_ms:.1f} (IQR {ours.iqr_ms:.1f})"
+                if kind != "base":
+                    mine += f" ({ours.overhead_pct:+.1f} %)"
+                if kind in ("adapter_l", "adapter_h"):
+                    mine += f" [r={int(ours.bottleneck)}, {int(ours.method_params):,}]"
+                text = f"{text}; {mine}" if text else mine
+            elif text:
+                text += "; ours: not measured"
+            parts.append(text or "–")
+        lines.append(f"| {label} | " + " | ".join(parts) + " |")
+    return lines
+
+
+def grid_markdown(frame: pd.DataFrame) -> list[str]:
+    grid = frame[frame.budget.isna()]
+    variants = [v for v in ["lora_merged", "lora_unmerged"] if v in set(grid.variant)]
+    for kind in ("adapter_l", "adapter_h"):
+        sub = grid[grid.kind == kind].sort_values("bottleneck")
+        variants += list(dict.fromkeys(sub.variant))
+    lines = ["| batch | seq | base ms (median, IQR) | " + " | ".join(variants) + " |",
+             "|---|---|---|" + "---|" * len(variants)]
+    for (batch, seq), group in grid.groupby(["batch", "seq"]):
+        base = group[group.variant == "base"]
+        base_text = f"{base.iloc[0].median_ms:.1f} ({base.iloc[0].iqr_ms:.1f})" if not base.empty else "–"
+        cells = []
+        for v in variants:
+            row = group[group.variant == v]
+            cells.append(f"{row.iloc[0].overhead_pct:+.2f} %" if not row.empty else "–")
+        lines.append(f"| {batch} | {seq} | {base_text} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def to_markdown(frame: pd.DataFrame, info: dict[str, Any], experiment: str, figure: Path | None,
+                command: str) -> str:
+    paper = pd.read_csv(PAPER_CSV)
+    grid = info.get("grid", {})
+    hardware = info.get("hardware", {})
+    lines = [
+        f"# Inference latency, {info.get('model')}: {experiment} (paper Table 1 / Figure 5)",
+        "",
+        f"Device: {info.get('device_name')} ({info.get('device')}, {hardware.get('cpu_count')} logical CPUs visible), "
+        f"{info.get('num_threads')} torch threads, dtype {info.get('dtype')}, torch {info.get('torch')}, attention "
+        f"`{info.get('attn_implementation')}`. Weights: {info.get('weights')}. Forward: {info.get('forward')}. "
+        f"Timer: {info.get('timer')}"
+        + ("" if info.get("cuda_timing") == "used" else f" ({info.get('cuda_timing')})")
+        + f". Per cell: {grid.get('warmup')} warm-up pass(es), then {grid.get('trials')} timed passes per variant, "
+        "variants interleaved in a rotating order; every variant was built once and shares the base weights. "
+        "ms = median (IQR); overhead = median(variant) / median(base) - 1. Paper: mean ± std of 100 trials on a "
+        "Quadro RTX8000 (a GPU); absolute ms are not comparable across devices, the % overhead is. "
+        f"Run wall time {info.get('wall_s', 0) / 60:.1f} min (building the variants {info.get('build_s')} s). "
+        f"Regenerate: `{command}`.",
+        "",
+        "## Table 1: paper vs ours",
+        "",
+        *table1_markdown(frame, paper),
+        "",
+        "Adapter cells use the bottleneck whose parameter count (our formula, `count_params`) is closest to the "
+        "paper's |Θ|: shown as [r, count].",
+        "",
+        "## Checks",
+        "",
+        "| check | result | numbers |",
+        "|---|---|---|",
+    ]
+    for item in checks(frame):
+        lines.append(f"| {item['check']} | {'met' if item['passed'] else 'NOT met'} | {item['numbers']} |")
+    lines += ["", "## Overhead over the grid (% vs base, ratio of medians)", "", *grid_markdown(frame), ""]
+    if figure is not None:
+        rel = Path("..") / "figures" / figure.name
+        lines += [f"Heat maps (Figure 5 layout): [{figure.name}]({rel})", ""]
+    return "\n".join(lines)
+
+
+def heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
+    """Figure 5: overhead % over batch (rows) x seq (columns), one panel per adapter type x bottleneck."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = frame[frame.budget.isna() & frame.kind.isin(["adapter_h", "adapter_l"])]
+    bottlenecks = sorted(grid.bottleneck.dropna().astype(int).unique())
+    batches = sorted(frame[frame.budget.isna()].batch.unique())
+    seqs = sorted(frame[frame.budget.isna()].seq.unique())
+    kinds = [("adapter_h", "Adapter^H"), ("adapter_l", "Adapter^L")]
+    values = grid.overhead_pct.to_numpy()
+    vmax = max(1.0, float(np.nanmax(np.abs(values)))) if len(values) else 1.0
+    fig, axes = plt.subplots(len(kinds), len(bottlenecks), figsize=(3.2 * len(bottlenecks) + 1, 2.8 * len(kinds)),
+                             squeeze=False, constrained_layout=True)
+    image = None
+    for i, (kind, label) in enumerate(kinds):
+        for j, r in enumerate(bottlenecks):
+            ax = axes[i][j]
+            data = np.full((len(batches), len(seqs)), np.nan)
+            for row in grid[(grid.kind == kind) & (grid.bottleneck == r)].itertuples():
+                data[batches.index(row.batch), seqs.index(row.seq)] = row.overhead_pct
+            image = ax.imshow(data, cmap="RdYlGn_r", vmin=-vmax, vmax=vmax, aspect="auto", origin="lower")
+            for y in range(len(batches)):
+                for x in range(len(seqs)):
+                    if not np.isnan(data[y, x]):
+                        ax.text(x, y, f"{data[y, x]:.1f}", ha="center", va="center", fontsize=8)
+            ax.set_xticks(range(len(seqs)), [str(s) for s in seqs])
+            ax.set_yticks(range(len(batches)), [str(b) for b in batches])
+            ax.set_title(f"{label}, r={r}", fontsize=10)
+            if i == len(kinds) - 1:
+                ax.set_xlabel("sequence length")
+            if j == 0:
+                ax.set_ylabel("batch size")
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="slow-down vs no adapter (%)", shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_latency_report(experiment: str, tables_dir: Path, figures_dir: Path, command: str,
+                         store: RunStore | None = None) -> tuple[pd.DataFrame, Path, Path]:
+    """CSV + markdown table and the heat map for an experiment; returns (frame, md path, png path)."""
+    frame, info = collect(experiment, store)
+    device_tag = experiment.removeprefix("latency_")
+    figure = heatmap(frame, figures_dir / f"latency_heatmap_{device_tag}.png",
+                     f"{info.get('model')} forward-pass slow-down vs base, {info.get('device_name')}, "
+                     f"{info.get('num_threads')} threads, {info.get('dtype')}")
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(tables_dir / f"{experiment}.csv", index=False)
+    md = tables_dir / f"{experiment}.md"
+    md.write_text(to_markdown(frame, info, experiment, figure, command))
+    return frame, md, figure

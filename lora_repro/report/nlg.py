@@ -1,0 +1,102 @@
+"""NLG tables (paper Tables 3, 13, 14) from the results store, the paper's rows beside ours.
+
+One row per method: trainable parameters (ours exact, the paper's as printed) and each metric, the
+mean over seeds (the paper's GPT-2 protocol: mean of 3) ± std when there are several, then sample
+generations of the LoRA run so a reader sees what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pandas as pd
+
+from lora_repro.paths import REPO_ROOT
+from lora_repro.store import RunStore
+
+PAPER_CSV = REPO_ROOT / "results" / "paper" / "nlg_tables.csv"
+# (metric, factor to the paper's printed scale)
+METRICS: dict[str, list[tuple[str, float]]] = {
+    "e2e": [("BLEU", 100), ("NIST", 1), ("METEOR", 100), ("ROUGE_L", 100), ("CIDEr", 1)],
+    "webnlg": [("unseen_BLEU", 1), ("seen_BLEU", 1), ("BLEU", 1), ("METEOR", 1), ("TER", 1)],
+    "dart": [("BLEU", 1), ("METEOR", 1), ("TER", 1)],
+}
+SAMPLES_SHOWN = 3
+
+
+def collect(experiment: str, store: RunStore | None = None, keys: set[str] | None = None) -> pd.DataFrame:
+    rows = []
+    for record in (store or RunStore()).records(experiment):
+        if record["status"] != "completed" or (keys is not None and record["key"] not in keys):
+            continue
+        metrics = {k: v for k, v in record["best"].items() if isinstance(v, (int, float))}
+        rows.append({"method": record["method"], "task": record["task"], "seed": record["seed"], **metrics,
+                     "trainable": record["params"]["trainable"], "model": record["model"], "scale": record["scale"],
+                     "wall_s": record["timing"].get("wall_s"), "samples": record["best"].get("samples", []),
+                     "decoded_inputs": record["best"].get("decoded_inputs")})
+    return pd.DataFrame(rows)
+
+
+def _fmt(values: pd.Series, factor: float) -> str:
+    values = values.dropna() * factor
+    if values.empty:
+        return "–"
+    digits = 2 if factor == 1 and values.abs().max() < 20 else 1
+    text = f"{values.mean():.{digits}f}"
+    return text + (f"±{values.std():.{digits}f}" if len(values) > 1 else "")
+
+
+def write_nlg_table(experiment: str, dataset: str, methods: list[str], paper_model: str, notes: list[str],
+                    out_dir: Path, wall_s: float | None = None, store: RunStore | None = None,
+                     keys: set[str] | None = None) -> pd.DataFrame:
+    """Write <out_dir>/<name>.md and .csv; `keys` restricts the table to one protocol's runs."""
+    runs = collect(experiment, store, keys)
+    if runs.empty:
+        raise ValueError(f"the store holds no completed runs for experiment {experiment!r}; run it first")
+    paper = pd.read_csv(PAPER_CSV)
+    paper = paper[(paper.dataset == dataset) & (paper.model == paper_model)]
+    metrics = METRICS[dataset]
+    header = "| method | params (paper) | " + " | ".join(f"{m} (paper)" for m, _ in metrics) + " |"
+    lines = [header, "|" + "---|" * (len(metrics) + 2)]
+    summary = []
+    for method in methods:
+        mine = runs[runs.method == method]
+        ref = paper[paper.method == method].set_index("metric")
+        params = f"{int(mine.trainable.median()):,}" if not mine.empty else "–"
+        params += f" ({ref.params_printed.iloc[0]})" if not ref.empty else ""
+        cells = []
+        row = {"method": method, "trainable": None if mine.empty else int(mine.trainable.median()), "seeds": len(mine)}
+        for metric, factor in metrics:
+            ours = _fmt(mine[metric], factor) if metric in mine else "–"
+            row[metric] = None if metric not in mine or mine.empty else float(mine[metric].mean() * factor)
+            cells.append(ours + (f" ({ref.loc[metric, 'value']:g})" if metric in ref.index else ""))
+        lines.append(f"| {method} | {params} | " + " | ".join(cells) + " |")
+        summary.append(row)
+    model = ", ".join(sorted(runs.model.unique()))
+    seeds = int(runs.groupby("method").seed.nunique().max())
+    caption = [
+        f"# {dataset.upper()} test, {experiment}: model {model}, scale {', '.join(sorted(runs.scale.unique()))}",
+        "",
+        f"Ours, with the paper's {paper_model} row in parentheses (the paper's model differs from ours at this scale). "
+        f"{'Mean ± std of ' + str(seeds) + ' seeds.' if seeds > 1 else 'One seed.'} "
+        f"Decoded once per unique test input ({int(runs.decoded_inputs.max())} inputs). "
+        f"`params`: trainable parameters (ours exact; the paper's as printed). "
+        f"Sum of run wall times {runs.wall_s.sum() / 60:.1f} min"
+        + (f", table wall time {wall_s / 60:.1f} min" if wall_s else "")
+        + f"; {platform.machine()}, {__import__('os').cpu_count()} cores.",
+        "",
+        *[f"- {note}" for note in notes],
+        "",
+    ]
+    samples = runs[runs.method == "lora"].samples
+    tail = []
+    if len(samples) and samples.iloc[0]:
+        tail = ["", "Sample generations (LoRA, seed 0):", ""]
+        for sample in samples.iloc[0][:SAMPLES_SHOWN]:
+            tail += [f"- input: `{sample['input']}`", f"  - ours: {sample['output']}", f"  - reference: {sample['reference']}"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{dataset}_{experiment}"
+    pd.DataFrame(summary).to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".md").write_text("\n".join(caption + lines + tail) + "\n")
+    return pd.DataFrame(summary)

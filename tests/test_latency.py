@@ -1,0 +1,178 @@
+"""The latency harness (Table 1 / Figure 5) on the tiny GPT-2: structure, shared weights, merged graph."""
+
+import pandas as pd
+import pytest
+import torch
+
+from lora_repro.bench import latency
+from lora_repro.config import group_option
+from lora_repro.methods import lora
+from lora_repro.report import latency as report
+
+TINY = group_option("model", "tiny_gpt2")
+
+
+def tiny_grid(**overrides) -> dict:
+    grid = {**group_option("bench", "latency_smoke"), "batch_sizes": [1, 2], "seq_lengths": [8],
+            "trials": 2, "warmup": 1, "table1_cells_measured": [[1, 8]]}
+    grid.update(overrides)
+    return grid
+
+
+@pytest.fixture(scope="module")
+def base():
+    return latency.build_base(TINY, torch.device("cpu"), torch.float32, seed=0)
+
+
+def test_variants_cover_the_paper_and_budget_bottlenecks():
+    variants = {v.name: v for v in latency.make_variants(tiny_grid(), TINY)}
+    assert {"base", "lora_unmerged", "lora_merged", "adapter_h_b2", "adapter_l_b4"} <= set(variants)
+    # Only the budget that has a measured Table 1 cell gets variants, and only at that cell.
+    assert "adapter_h_large" in variants and "adapter_h_small" not in variants
+    assert variants["adapter_h_large"].cells == ((1, 8),)
+    assert variants["adapter_h_large"].runs_at((1, 8)) and not variants["adapter_h_large"].runs_at((2, 8))
+    assert variants["base"].runs_at((2, 8))
+
+
+def test_bottleneck_for_budget_uses_the_paper_formula():
+    # GPT-2 medium: 24 blocks, d = 1024. Adapter^H: 48 adapters, L(2dr + r + d), no LayerNorm.
+    r, count = latency.bottleneck_for_budget(group_option("model", "gpt2_medium"), "adapter_h", 11_000_000)
+    assert count == 48 * (2 * 1024 * r + r + 1024)
+    assert abs(count - 11_000_000) <= 48 * (2 * 1024 + 1) / 2
+    # Adapter^L: 24 adapters each with its own LayerNorm (2d).
+    r, count = latency.bottleneck_for_budget(group_option("model", "gpt2_medium"), "adapter_l", 500_000)
+    assert count == 24 * (2 * 1024 * r + r + 1024) + 24 * 2 * 1024
+
+
+def test_variants_share_base_weights_and_merged_has_the_base_graph(base):
+    ids = torch.randint(0, base.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        before = base(input_ids=ids).logits.clone()
+    lora_cfg = {**group_option("method", "lora"), "r": 2, "targets": ["q", "v"]}
+    torch.manual_seed(0)  # the same seed before both: the same LoRA weights in both variants
+    unmerged, counts = latency.build_variant(base, latency.Variant("lora_unmerged", "lora_unmerged", lora_cfg))
+    torch.manual_seed(0)
+    merged, merged_counts = latency.build_variant(base, latency.Variant("lora_merged", "lora_merged", lora_cfg))
+    # LoRA params: 2 blocks x (q, v) x r x (in + out/3 slice) = 2 * 2 * 2 * (32 + 32)
+    assert counts["method_params"] == merged_counts["method_params"] == 2 * 2 * 2 * (32 + 32)
+    assert latency.same_graph(merged, base)
+    assert not latency.same_graph(unmerged, base)
+    assert not lora.lora_layers(merged)
+    # The frozen weights are the base's own tensors, except the merged copies of c_attn.
+    assert unmerged.transformer.h[0].mlp.c_fc.weight is base.transformer.h[0].mlp.c_fc.weight
+    assert merged.transformer.h[0].attn.c_attn.weight.data_ptr() != base.transformer.h[0].attn.c_attn.weight.data_ptr()
+    assert latency.unique_bytes(merged, base) == 2 * 32 * 96 * 4
+    with torch.inference_mode():
+        after = base(input_ids=ids).logits
+        assert torch.equal(before, after)  # merging never wrote into the shared base weights
+        # ΔW ≠ 0 (B was randomised): merged computes what unmerged computes, and differs from base.
+        merged_out, unmerged_out = merged(input_ids=ids).logits, unmerged(input_ids=ids).logits
+        assert torch.allclose(merged_out, unmerged_out, atol=1e-5)
+        assert not torch.allclose(merged_out, before, atol=1e-5)
+
+
+def test_merged_with_zero_delta_reproduces_the_base_outputs(base):
+    ids = torch.randint(0, base.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1))
+    model = latency.shared_copy(base)
+    from lora_repro.methods import apply_method
+
+    apply_method(model, {**group_option("method", "lora"), "r": 2})
+    model = lora.merge_and_unload(model)  # B = 0: ΔW = 0
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
+    assert [type(m) for m in model.modules()] == [type(m) for m in base.modules()]
+
+
+def test_run_grid_records_timings_memory_and_environment():
+    result = latency.run_grid(tiny_grid(), torch.device("cpu"))
+    names = [v.name for v in result.variants]
+    assert names[0] == "base"
+    for variant in result.variants:
+        cells = result.cells[variant.name]
+        expected = [(1, 8), (2, 8)] if variant.cells is None else [(1, 8)]
+        assert [(c["batch"], c["seq"]) for c in cells] == expected
+        for cell in cells:
+            assert cell["trials"] == 2 and len(cell["times_ms"]) == 2
+            assert 0 < cell["min_ms"] <= cell["median_ms"]
+            assert cell["iqr_ms"] >= 0 and cell["std_ms"] >= 0 and cell["mean_ms"] > 0
+            assert ("overhead_pct" in cell) == (variant.name != "base")
+        memory = result.memory[variant.name]
+        assert memory["peak_rss_bytes"] > 0 and memory["param_bytes"] > 0
+        assert memory["peak_rss_bytes"] >= memory["rss_at_start_bytes"] > 0
+    assert result.memory["base"]["unshared_param_bytes"] == 0
+    assert result.memory["adapter_h_b2"]["unshared_param_bytes"] > 0
+    assert result.info["timer"] == "perf_counter" and result.info["device"] == "cpu"
+    assert "CPU" in result.info["cuda_timing"] and result.info["num_threads"] >= 1
+    assert result.info["dtype"] == "float32"
+
+
+def test_summary_statistics_and_paired_overhead():
+    stats = latency.summarise([0.010, 0.012, 0.011, 0.013], base_s=[0.010, 0.010, 0.010, 0.010])
+    assert stats["median_ms"] == pytest.approx(11.5)
+    assert stats["mean_ms"] == pytest.approx(11.5)
+    assert stats["iqr_ms"] == pytest.approx(1.5)
+    assert stats["overhead_pct"] == pytest.approx(15.0)
+    assert stats["overhead_pct_paired"] == pytest.approx(15.0)
+
+
+def test_cpu_timer_measures_the_call():
+    timer = latency.make_timer(torch.device("cpu"))
+    assert timer(lambda: sum(range(1000))) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-event timing needs a GPU (none visible)")
+def test_cuda_timer_uses_events():
+    timer = latency.make_timer(torch.device("cuda"))
+    x = torch.randn(256, 256, device="cuda")
+    assert timer(lambda: x @ x) > 0
+
+
+def _frame(rows):
+    return pd.DataFrame(rows, columns=["variant", "kind", "bottleneck", "budget", "method_params", "batch", "seq",
+                                       "median_ms", "iqr_ms", "overhead_pct"])
+
+
+def test_checks_report_each_acceptance_criterion_with_numbers():
+    rows = []
+    for batch, seq, h, lo, merged in [(1, 128, 30.0, 20.0, 0.3), (4, 256, 5.0, 3.0, -0.2)]:
+        rows += [
+            ("base", "base", None, None, 0, batch, seq, 10.0, 0.1, None),
+            ("lora_merged", "lora_merged", None, None, 0, batch, seq, 10.0, 0.1, merged),
+            ("adapter_h_b10", "adapter_h", 10, None, 1, batch, seq, 13.0, 0.1, h),
+            ("adapter_l_b10", "adapter_l", 10, None, 1, batch, seq, 12.0, 0.1, lo),
+        ]
+    checks = {c["check"].split(" (")[0]: c for c in report.checks(_frame(rows))}
+    assert all(c["passed"] for c in checks.values()), checks
+    assert len(checks) == 3
+    rows[2] = ("adapter_h_b10", "adapter_h", 10, None, 1, 1, 128, 11.0, 0.1, 10.0)  # H below L at bs1/128
+    failed = [c for c in report.checks(_frame(rows)) if not c["passed"]]
+    assert [c["check"] for c in failed] == ["Adapter^H overhead > Adapter^L overhead > 0 at batch 1, seq 128"]
+    assert "H +10.0 %, L +20.0 %" in failed[0]["numbers"]
+
+
+def test_latency_entry_point_writes_records_tables_and_heatmap(store_root, monkeypatch):
+    from experiments import latency as entry
+    from lora_repro.store import RunStore
+
+    monkeypatch.setattr(entry, "group_option", lambda group, name: tiny_grid() if group == "bench" else group_option(group, name))
+    entry.main(["--grid", "smoke", "--device", "cpu"])
+    records = RunStore(store_root).records("latency_cpu_smoke")
+    assert {r["method"] for r in records} >= {"base", "lora_merged", "lora_unmerged", "adapter_h_b2", "adapter_l_b4"}
+    assert all(r["task"] == "latency" and r["epochs"] and r["memory"]["peak_rss_bytes"] > 0 for r in records)
+    assert len({r["timing"]["run_id"] for r in records}) == 1
+    md = (store_root / "tables" / "latency_cpu_smoke.md").read_text()
+    assert "Table 1: paper vs ours" in md and "random" in md and "LoRA merged / base" in md
+    csv = pd.read_csv(store_root / "tables" / "latency_cpu_smoke.csv")
+    assert {"variant", "batch", "seq", "median_ms", "iqr_ms", "overhead_pct"} <= set(csv.columns)
+    assert (store_root / "figures" / "latency_heatmap_cpu_smoke.png").stat().st_size > 0
+    # A rerun of the same config measures nothing: the records stay as they are.
+    monkeypatch.setattr(entry, "run_grid", lambda *a, **k: pytest.fail("measured again"))
+    entry.main(["--grid", "smoke", "--device", "cpu"])
+    assert [r["created_at"] for r in RunStore(store_root).records("latency_cpu_smoke")] == [r["created_at"] for r in records]
+
+
+def test_paper_table1_csv_has_the_nine_cells():
+    paper = pd.read_csv(report.PAPER_CSV)
+    assert len(paper) == 9
+    row = paper[(paper.cell == "bs1_seq128") & (paper.method == "adapter_h")].iloc[0]
+    assert (row.ms, row.overhead_pct) == (25.8, 30.3)
