@@ -17,7 +17,7 @@ SEED_ARG   = $(if $(SEEDS),--seeds $(SEEDS),)
 # conf/experiment/<dataset>_<scale>[_<protocol>].yaml, e.g. glue_cpu, glue_paper_roberta_base_lora
 experiment = $(1)_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
 
-.PHONY: help install test test-fast params reproduce-glue reproduce-e2e reproduce-webnlg reproduce-dart table-glue table-e2e table-webnlg table-dart latency bench-peer clean
+.PHONY: help install test test-fast params latency bench-peer clean  # reproduce-% and table-% are pattern rules (make skips those for .PHONY targets)
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'

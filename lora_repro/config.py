@@ -20,12 +20,15 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
 
 
 def group_option(group: str, name: str) -> dict[str, Any]:
-    """One option of a config group (e.g. 'method', 'lora') as a plain dict."""
+    """One option of a config group (e.g. 'method', 'lora') as a plain dict, its `defaults` merged in."""
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise ValueError(f"unknown {group} {name!r}; known: {known} (conf/{group}/)")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    node = OmegaConf.load(path)
+    bases = [entry for entry in node.pop("defaults", []) if isinstance(entry, str) and entry != "_self_"]
+    merged = OmegaConf.merge(*[OmegaConf.create(group_option(group, base)) for base in bases], node)
+    return OmegaConf.to_container(merged, resolve=True)
 
 
 def parse_overrides(text: str) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def check_spec_resolves(model: nn.Module, family: str, layers: int, d: int) -> N
     assert model.get_submodule(spec.embeddings).weight.shape[1] == d
     for head in spec.head:
         model.get_submodule(head)
-    # every parameter outside the blocks and the embeddings is accounted for: nothing is head by accident
+    # the head (trained by every method, left out of the paper's counts) never reaches into the blocks
     for name, _ in model.named_parameters():
         if is_head_param(name, spec):
             assert not name.startswith(spec.blocks + ".")

@@ -89,7 +89,13 @@ def _gguf_safetensors_cache(cfg: dict) -> Path:
     gguf_file = cfg["gguf_file"]
     log.info("converting %s/%s to a safetensors cache at %s (once)", src, gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
+    # The de-quantised model still carries the GGUF quantizer, which refuses to save: copy its
+    # float weights into a plain model of the same config.
+    config = loaded.config
+    config.__dict__.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{cfg['name']}-"))
     try:

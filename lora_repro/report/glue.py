@@ -14,6 +14,7 @@ import pandas as pd
 
 from lora_repro.metrics.glue import headline
 from lora_repro.paths import REPO_ROOT
+from lora_repro.report.common import completed_records, record_times, wall_span_s
 from lora_repro.store import RunStore
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "glue_table2.csv"
@@ -23,14 +24,12 @@ TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
 def collect(experiment: str, store: RunStore | None = None, keys: set[str] | None = None) -> pd.DataFrame:
     """One row per completed run: method, task, seed, headline score x 100, counts, wall time."""
     rows = []
-    for record in (store or RunStore()).records(experiment):
-        if record["status"] != "completed" or (keys is not None and record["key"] not in keys):
-            continue
+    for record in completed_records(experiment, store, keys):
         rows.append({
             "method": record["method"], "task": record["task"], "seed": record["seed"],
             "score": 100 * record["best"][headline(record["task"])],
             "trainable": record["params"]["trainable"], "trainable_with_head": record["params"]["trainable_with_head"],
-            "wall_s": record["timing"].get("wall_s"), "model": record["model"], "scale": record["scale"],
+            **record_times(record), "model": record["model"], "scale": record["scale"],
             "peak_rss_bytes": record["memory"].get("peak_rss_bytes"),
             "train_samples_per_s": record["timing"].get("train_samples_per_s"),
             "checkpoint_bytes": record["checkpoint"].get("bytes"),
@@ -93,6 +92,7 @@ def write_glue_table(experiment: str, methods: list[str], tasks: list[str], pape
     scales = ", ".join(sorted(runs.scale.unique()))
     seeds = int(runs.groupby(["method", "task"]).seed.nunique().max())
     total = runs.wall_s.sum()
+    span = wall_span_s(runs)
     caption = (
         f"# GLUE dev, {experiment}: model {models}, scale {scales}\n\n"
         f"Ours (paper's {paper_protocol} row in parentheses; the paper's model differs from ours at this scale). "
@@ -100,8 +100,9 @@ def write_glue_table(experiment: str, methods: list[str], tasks: list[str], pape
         f"{'Median of ' + str(seeds) + ' seeds ± half-range.' if seeds > 1 else 'One seed.'} "
         f"`params`: trainable without the head (the paper's count; the paper's in parentheses), "
         f"`with head`: including the classifier (and BERT's pooler). Avg over the tasks shown (the paper's avg "
-        f"recomputed over the same tasks). Sum of run wall times: {total / 60:.1f} min"
-        + (f"; table wall time {wall_s / 60:.1f} min" if wall_s else "")
+        f"recomputed over the same tasks). Wall time from the first run's start to the last run's end: "
+        f"{span / 60:.1f} min (sum of run wall times {total / 60:.1f} min)"
+        + (f"; this call {wall_s / 60:.1f} min" if wall_s else "")
         + f"; {platform.machine()}, {__import__('os').cpu_count()} cores. Regenerate: `make reproduce-glue`."
     )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from lora_repro.paths import REPO_ROOT
+from lora_repro.report.common import completed_records, record_times, wall_span_s
 from lora_repro.store import RunStore
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "nlg_tables.csv"
@@ -27,13 +28,11 @@ SAMPLES_SHOWN = 3
 
 def collect(experiment: str, store: RunStore | None = None, keys: set[str] | None = None) -> pd.DataFrame:
     rows = []
-    for record in (store or RunStore()).records(experiment):
-        if record["status"] != "completed" or (keys is not None and record["key"] not in keys):
-            continue
+    for record in completed_records(experiment, store, keys):
         metrics = {k: v for k, v in record["best"].items() if isinstance(v, (int, float))}
         rows.append({"method": record["method"], "task": record["task"], "seed": record["seed"], **metrics,
                      "trainable": record["params"]["trainable"], "model": record["model"], "scale": record["scale"],
-                     "wall_s": record["timing"].get("wall_s"), "samples": record["best"].get("samples", []),
+                     **record_times(record), "samples": record["best"].get("samples", []),
                      "decoded_inputs": record["best"].get("decoded_inputs")})
     return pd.DataFrame(rows)
 
@@ -75,6 +74,7 @@ def write_nlg_table(experiment: str, dataset: str, methods: list[str], paper_mod
         summary.append(row)
     model = ", ".join(sorted(runs.model.unique()))
     seeds = int(runs.groupby("method").seed.nunique().max())
+    span = wall_span_s(runs)
     caption = [
         f"# {dataset.upper()} test, {experiment}: model {model}, scale {', '.join(sorted(runs.scale.unique()))}",
         "",
@@ -82,8 +82,9 @@ def write_nlg_table(experiment: str, dataset: str, methods: list[str], paper_mod
         f"{'Mean ± std of ' + str(seeds) + ' seeds.' if seeds > 1 else 'One seed.'} "
         f"Decoded once per unique test input ({int(runs.decoded_inputs.max())} inputs). "
         f"`params`: trainable parameters (ours exact; the paper's as printed). "
-        f"Sum of run wall times {runs.wall_s.sum() / 60:.1f} min"
-        + (f", table wall time {wall_s / 60:.1f} min" if wall_s else "")
+        f"Wall time from the first run's start to the last run's end {span / 60:.1f} min "
+        f"(sum of run wall times {runs.wall_s.sum() / 60:.1f} min)"
+        + (f", this call {wall_s / 60:.1f} min" if wall_s else "")
         + f"; {platform.machine()}, {__import__('os').cpu_count()} cores.",
         "",
         *[f"- {note}" for note in notes],
