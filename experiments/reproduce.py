@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from lora_repro.config import compose_config
 from lora_repro.paths import results_dir
+from lora_repro.report.efficiency import write_efficiency_table
 from lora_repro.report.glue import write_glue_table
 from lora_repro.report.nlg import write_nlg_table
 from lora_repro.run import explicit_overrides, resolve, run
@@ -59,6 +60,7 @@ def main() -> None:
         if base.task.kind == "glue":
             write_glue_table(base.experiment_name, protocol["methods"], protocol["tasks"], base.paper_protocol, out,
                              wall_s, keys=keys)
+            write_efficiency_table(base.experiment_name, protocol["methods"], out, keys=keys)
         else:
             write_nlg_table(base.experiment_name, base.task.dataset, protocol["methods"], base.paper_protocol,
                             protocol.get("notes", []), out, wall_s, keys=keys)
