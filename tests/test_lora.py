@@ -19,24 +19,13 @@ from transformers.pytorch_utils import Conv1D
 from lora_repro.methods import apply_method, lora
 from lora_repro.methods.lora import LoRABranch, LoRALinear
 from lora_repro.models import load_model
+from helpers import FAMILIES, tiny as tiny_loaded
 
-FAMILIES = {"bert": "seq_cls", "roberta": "seq_cls", "deberta-v2": "seq_cls", "gpt2": "causal_lm", "llama": "causal_lm"}
 ALL_TARGETS = ["q", "k", "v", "o", "mlp"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~100x faster on one thread when the other cores are busy (OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(family: str, seed: int = 0):
-    loaded = load_model({"name": f"tiny_{family}", "source": "tiny", "family": family}, FAMILIES[family],
-                        num_labels=2, seed=seed)
-    return loaded.model.eval()
+    return tiny_loaded(family, seed).model.eval()
 
 
 def lora_cfg(**kw) -> dict:

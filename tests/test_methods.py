@@ -27,27 +27,13 @@ from lora_repro.methods.lora import LoRALinear
 from lora_repro.methods.prefix import IGNORE_INDEX, insert_virtual_tokens
 from lora_repro.models import load_model
 from lora_repro.models.arch import blocks, hidden_size, is_head_param
+from helpers import FAMILIES, tiny
 
-FAMILIES = {"bert": "seq_cls", "roberta": "seq_cls", "deberta-v2": "seq_cls", "gpt2": "causal_lm", "llama": "causal_lm"}
 METHOD_NAMES = ("full", "ft_top2", "bitfit", "prefix_embed", "prefix_layer",
                 "adapter_h", "adapter_l", "adapter_p", "adapter_d", "lora")
 # "none" (head only: the untuned baseline) joined the registry after the paper's ten.
 GRID = METHOD_NAMES + tuple(m for m in ("none",) if m in METHODS)
 TINY_LAYERS = 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~100x faster on one thread when the other cores are busy (OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny(family: str, seed: int = 0):
-    return load_model({"name": f"tiny_{family}", "source": "tiny", "family": family}, FAMILIES[family],
-                      num_labels=2, seed=seed)
 
 
 def method_cfg(name: str, **overrides) -> dict:

@@ -29,22 +29,8 @@ from lora_repro.models.arch import (
 )
 from lora_repro.models.load import ModelSourceError, package_dir
 from lora_repro.models.tiny import TINY_SHAPES, build_tokenizer, tiny_config
+from helpers import FAMILIES, tiny
 
-FAMILIES = {"bert": "seq_cls", "roberta": "seq_cls", "deberta-v2": "seq_cls", "gpt2": "causal_lm", "llama": "causal_lm"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~100x faster on one thread when the other cores are busy (OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny(family: str, **kw):
-    return load_model({"name": f"tiny_{family}", "source": "tiny", "family": family}, FAMILIES[family],
-                      num_labels=2, **kw)
 
 
 def _projection_shape(module: nn.Module) -> tuple[int, int]:

@@ -82,6 +82,15 @@ def _clipped_counts(hyp: Sequence[str], refs: Sequence[Sequence[str]], n: int) -
     return {g: min(c, ref_max[g]) for g, c in Counter(_ngrams(hyp, n)).items() if g in ref_max}
 
 
+def check_pairs(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> None:
+    """One list of references per hypothesis, and at least one hypothesis (every scorer's precondition)."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} reference instances but {len(hyps)} hypotheses; give one "
+                         "list of references per hypothesis")
+    if not hyps:
+        raise ValueError("no hypotheses to score")
+
+
 def bleu_nist(
     refs: Sequence[Sequence[str]], hyps: Sequence[str], mode: str = "python"
 ) -> dict[str, float]:
@@ -92,11 +101,7 @@ def bleu_nist(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} reference instances but {len(hyps)} hypotheses; give one "
-                         "list of references per hypothesis")
-    if not hyps:
-        raise ValueError("no hypotheses to score")
+    check_pairs(refs, hyps)
     empty = [i for i, r in enumerate(refs) if not r]
     if empty:
         raise ValueError(f"instances {empty[:5]} have no reference; every hypothesis needs one")

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lora_repro.metrics.bleu_nist import MODES, bleu_nist
+from lora_repro.metrics.bleu_nist import MODES, bleu_nist, check_pairs
 from lora_repro.metrics.coco import coco_scores, require_java
 
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
@@ -83,11 +83,7 @@ def score_e2e(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} reference instances but {len(hyps)} hypotheses; give one "
-                         "list of references per hypothesis")
-    if not hyps:
-        raise ValueError("no hypotheses to score")
+    check_pairs(refs, hyps)
     require_java()  # fail before any work, not after BLEU/NIST
     scores = bleu_nist(refs, hyps, mode)
     scores.update(coco_scores(refs, hyps))

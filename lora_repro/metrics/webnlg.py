@@ -46,7 +46,7 @@ from pathlib import Path
 
 from nltk.tokenize import NLTKWordTokenizer
 
-from lora_repro.metrics.bleu_nist import mteval_tokenize
+from lora_repro.metrics.bleu_nist import check_pairs, mteval_tokenize
 from lora_repro.metrics.coco import METEOR_JAR, require_java
 
 METRICS = ("BLEU", "METEOR", "TER")
@@ -262,11 +262,7 @@ def score_generation(
     most any has) are padded with their first reference, as LoRA writes its reference files.
     Needs Java for METEOR.
     """
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} reference instances but {len(hyps)} hypotheses; give one "
-                         "list of references per hypothesis")
-    if not hyps:
-        raise ValueError("no hypotheses to score")
+    check_pairs(refs, hyps)
     require_java()  # fail before the slow TER, not after
     padded = pad_references(refs, num_refs)
     refs_tok = [[word_tokenize(r) for r in inst] for inst in padded]

@@ -81,17 +81,12 @@ SPECS: dict[str, ArchSpec] = {
         blocks="deberta.encoder.layer",
         embeddings="deberta.embeddings.word_embeddings",
         head=("pooler", "classifier"),
-        attn={
+        **{**_BERT_BLOCK, "attn": {
             "q": "attention.self.query_proj",
             "k": "attention.self.key_proj",
             "v": "attention.self.value_proj",
             "o": "attention.output.dense",
-        },
-        mlp_in=("intermediate.dense",),
-        mlp_out="output.dense",
-        attn_out="attention.output.dense",
-        ffn_out="output.dense",
-        norms=("attention.output.LayerNorm", "output.LayerNorm"),
+        }},
     ),
     # GPT-2: lm_head is tied to the token embedding, so there is no separate head to train.
     "gpt2": ArchSpec(

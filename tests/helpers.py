@@ -1,0 +1,11 @@
+"""Shared test helpers: the tiny families and how to build one."""
+
+from lora_repro.models import load_model
+
+FAMILIES = {"bert": "seq_cls", "roberta": "seq_cls", "deberta-v2": "seq_cls", "gpt2": "causal_lm", "llama": "causal_lm"}
+
+
+def tiny(family: str, seed: int = 0):
+    """A tiny random model of `family` with its byte-level tokenizer (a LoadedModel)."""
+    return load_model({"name": f"tiny_{family}", "source": "tiny", "family": family}, FAMILIES[family],
+                      num_labels=2, seed=seed)
