@@ -18,7 +18,6 @@ from transformers.pytorch_utils import Conv1D
 
 from lora_repro.methods import apply_method, lora
 from lora_repro.methods.lora import LoRABranch, LoRALinear
-from lora_repro.models import load_model
 from helpers import FAMILIES, tiny as tiny_loaded
 
 ALL_TARGETS = ["q", "k", "v", "o", "mlp"]

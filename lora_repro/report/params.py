@@ -63,6 +63,14 @@ def agrees(ours: int, printed: str) -> bool:
     return float(number) in (round(millions * scale) / scale, math.floor(millions * scale) / scale)
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:,.0f} {unit}"
+        n /= 1024
+    return f"{n:,.0f} TiB"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     lines = [
         "# Trainable parameters: ours vs the paper",
@@ -70,16 +78,19 @@ def to_markdown(table: pd.DataFrame) -> str:
         "Counted on shape-only models (meta device) with each method applied as a run applies it. "
         "`ours` is trainable parameters without the task head (the paper's convention; for `full` the "
         "whole model); `with head` adds the classifier (2 labels). ✓: ours, rounded or truncated to the digits "
-        "the paper printed (it does both), is the printed number; ✗ rows are explained in the note. Regenerate with `make params`.",
+        "the paper printed (it does both), is the printed number; ✗ rows are explained in the note. "
+        "`checkpoint`: the method-only state (method weights + head) in fp16, beside the full model in "
+        "fp16 (the paper: GPT-3 350 GB -> 35 MB with LoRA r=4 on q, v). Regenerate with `make params`.",
         "",
-        "| table | model | method | config | ours | with head | paper | diff | | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| table | model | method | config | ours | with head | paper | diff | | checkpoint fp16 (full) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table.itertuples(index=False):
         ours = r.total_params if r.method == "full" else r.trainable_params
         lines.append(
             f"| {r.table} | {r.model} | {r.method} | {r.config or '-'} | {ours:,} | {r.trainable_params_with_head:,} "
-            f"| {r.paper_printed} | {r.relative_difference:+.1%} | {'✓' if r.agrees else '✗'} | {r.note} |"
+            f"| {r.paper_printed} | {r.relative_difference:+.1%} | {'✓' if r.agrees else '✗'} "
+            f"| {_size(r.checkpoint_bytes_fp16)} ({_size(r.full_model_bytes_fp16)}) | {r.note} |"
         )
     return "\n".join(lines) + "\n"
 
