@@ -22,6 +22,8 @@ def collect(experiment: str, store: RunStore | None = None, keys: set[str] | Non
         rows.append({
             "method": record["method"], "task": record["task"],
             "peak_mib": (memory.get("peak_gpu_allocated_bytes") or memory["peak_rss_bytes"]) / MIB,
+            "added_mib": (memory.get("peak_gpu_allocated_bytes")
+                          or memory["peak_rss_bytes"] - memory.get("rss_at_start_bytes", 0)) / MIB,
             "state_mib": (memory["trainable_param_bytes"] + memory["grad_bytes"] + memory["optimizer_state_bytes"]) / MIB,
             "samples_per_s": timing.get("train_samples_per_s"), "tokens_per_s": timing.get("train_tokens_per_s"),
             "checkpoint_mib": (record["checkpoint"].get("bytes") or 0) / MIB,
@@ -35,27 +37,30 @@ def write_efficiency_table(experiment: str, methods: list[str], out_dir: Path, s
     runs = collect(experiment, store, keys)
     if runs.empty:
         raise ValueError(f"no completed runs for experiment {experiment!r}")
-    summary = runs.groupby("method")[["peak_mib", "state_mib", "samples_per_s", "tokens_per_s", "checkpoint_mib",
+    summary = runs.groupby("method")[["peak_mib", "added_mib", "state_mib", "samples_per_s", "tokens_per_s", "checkpoint_mib",
                                       "full_model_mib"]].median().reindex([m for m in methods if m in set(runs.method)])
     reference = summary.loc["full"] if "full" in summary.index else None
     lines = [
         f"# Training cost per method, {experiment}",
         "",
         "Median over the protocol's tasks of each run's numbers. `peak`: peak resident memory of the "
-        "training process on CPU (CUDA: peak allocated); `weights+grads+Adam`: bytes of the trainable "
+        "training process on CPU (CUDA: peak allocated); `added`: the run's own share on CPU (peak minus "
+        "the resident memory when it started; runs share a process in a sweep, so `peak` also holds what "
+        "earlier runs left allocated); `weights+grads+Adam`: bytes of the trainable "
         "parameters, their gradients and AdamW's two moments; `checkpoint`: the method-only state dict "
         "(method weights + head, fp32) against the full model's fp32 size. Ratios are against full "
         "fine-tuning in the same protocol (— where it has no full row).",
         "",
-        "| method | peak MiB | x full | weights+grads+Adam MiB | x full | train samples/s | x full | checkpoint MiB (full model) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | peak MiB | added MiB | x full | weights+grads+Adam MiB | x full | train samples/s | x full | checkpoint MiB (full model) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in summary.iterrows():
         def ratio(column: str) -> str:
             return "—" if reference is None else f"{row[column] / reference[column]:.2f}"
 
         lines.append(
-            f"| {method} | {row.peak_mib:,.0f} | {ratio('peak_mib')} | {row.state_mib:,.1f} | {ratio('state_mib')} "
+            f"| {method} | {row.peak_mib:,.0f} | {row.added_mib:,.0f} | {ratio('added_mib')} | {row.state_mib:,.1f} "
+            f"| {ratio('state_mib')} "
             f"| {row.samples_per_s:,.1f} | {ratio('samples_per_s')} | {row.checkpoint_mib:,.2f} ({row.full_model_mib:,.0f}) |"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
