@@ -231,6 +231,17 @@ def test_matches_peft_on_separate_projections(family):
             theirs.lora_A["default"].weight.copy_(branch.lora_A)
             theirs.lora_B["default"].weight.copy_(branch.lora_B)
             assert torch.equal(theirs.base_layer.weight, layer.base.weight)  # same seed, same base
+    same_outputs_then_backward(ours, ref, family)
+    for path, layer in layers.items():
+        theirs = _peft_layer(ref, path)
+        branch = layer.branches["all"]
+        assert branch.lora_A.grad.abs().max() > 0 and branch.lora_B.grad.abs().max() > 0
+        torch.testing.assert_close(branch.lora_A.grad, theirs.lora_A["default"].weight.grad, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(branch.lora_B.grad, theirs.lora_B["default"].weight.grad, atol=1e-6, rtol=1e-5)
+
+
+def same_outputs_then_backward(ours, ref, family: str) -> None:
+    """Both models in eval mode give the same logits on one batch; then both losses are backpropagated."""
     ours.eval()
     ref.eval()
     batch = inputs(family)
@@ -238,12 +249,6 @@ def test_matches_peft_on_separate_projections(family):
     torch.testing.assert_close(out_ours.logits, out_ref.logits, atol=1e-6, rtol=0)
     out_ours.loss.backward()
     out_ref.loss.backward()
-    for path, layer in layers.items():
-        theirs = _peft_layer(ref, path)
-        branch = layer.branches["all"]
-        assert branch.lora_A.grad.abs().max() > 0 and branch.lora_B.grad.abs().max() > 0
-        torch.testing.assert_close(branch.lora_A.grad, theirs.lora_A["default"].weight.grad, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(branch.lora_B.grad, theirs.lora_B["default"].weight.grad, atol=1e-6, rtol=1e-5)
 
 
 def test_matches_peft_on_gpt2_fused_c_attn():
@@ -273,13 +278,7 @@ def test_matches_peft_on_gpt2_fused_c_attn():
             b[:d, :r] = q.lora_B
             b[2 * d:, r:] = v.lora_B
             theirs.lora_B["default"].weight.copy_(b)
-    ours.eval()
-    ref.eval()
-    batch = inputs("gpt2")
-    out_ours, out_ref = ours(**batch), ref(**batch)
-    torch.testing.assert_close(out_ours.logits, out_ref.logits, atol=1e-6, rtol=0)
-    out_ours.loss.backward()
-    out_ref.loss.backward()
+    same_outputs_then_backward(ours, ref, "gpt2")
     for path, layer in layers.items():
         theirs = _peft_layer(ref, path)
         ga, gb = theirs.lora_A["default"].weight.grad, theirs.lora_B["default"].weight.grad
