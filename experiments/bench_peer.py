@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = JobSpec(steps=args.steps, skip=args.skip, threads=args.threads)
     jobs = ["ours", "peft"] + ([] if args.no_ablation else ["ours_nogroup"])
     started = time.perf_counter()
+    load_before = os.getloadavg()
     results: list[dict] = []
     for round_index in range(args.rounds):
         shift = round_index % len(jobs)
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarise(results)
     wall = time.perf_counter() - started
     command = "python -m experiments.bench_peer " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = to_markdown(summary, results, infer, profiles, spec, command.strip(), wall)
+    loads = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
+    text = to_markdown(summary, results, infer, profiles, spec, command.strip(), wall, loads)
     out = results_dir() / "tables" / "bench_peer.md" if args.out is None else __import__("pathlib").Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -1,5 +1,7 @@
 """Shared test helpers: the tiny families and how to build one."""
 
+from pathlib import Path
+
 from lora_repro.models import load_model
 
 FAMILIES = {"bert": "seq_cls", "roberta": "seq_cls", "deberta-v2": "seq_cls", "gpt2": "causal_lm", "llama": "causal_lm"}
@@ -9,3 +11,10 @@ def tiny(family: str, seed: int = 0):
     """A tiny random model of `family` with its byte-level tokenizer (a LoadedModel)."""
     return load_model({"name": f"tiny_{family}", "source": "tiny", "family": family}, FAMILIES[family],
                       num_labels=2, seed=seed)
+
+
+def write_text(folder: Path, name: str, text: str) -> Path:
+    """A UTF-8 text file in `folder` (scorer inputs in the tests)."""
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -16,6 +16,7 @@ from lora_repro import paths
 from lora_repro.metrics import coco, e2e
 from lora_repro.metrics.bleu_nist import bleu_nist, mteval_tokenize
 from lora_repro.metrics.e2e import read_e2e_files, score_e2e
+from helpers import write_text as _write
 
 # Like the data mirror, the fixtures live in ../shared beside the checkout (CI has it there too).
 FIXTURES = paths.REPO_ROOT.parent / "shared" / "fixtures" / "e2e_metrics"
@@ -116,12 +117,6 @@ def test_bad_inputs() -> None:
         score_e2e([["a"], ["b"]], ["a"])
     with pytest.raises(ValueError, match=r"instances \[0\] have no reference"):
         bleu_nist([[]], ["a"])
-
-
-def _write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_read_files_like_the_scorer(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import sacrebleu
 
 from lora_repro.metrics import coco, webnlg
 from lora_repro.metrics.webnlg import (
+from helpers import write_text as _write
     multi_bleu_detok,
     pad_references,
     read_generation_files,
@@ -78,12 +79,6 @@ def test_padding_with_the_first_reference_leaves_ter_unchanged() -> None:
     assert webnlg._instance_ter(hyp, padded) == webnlg._instance_ter(hyp, refs)
     assert webnlg._instance_ter(hyp, refs) == pytest.approx(1 / 3)
     assert webnlg._instance_ter(hyp, ["", "x y z"]) == 1.0  # an empty reference scores 1
-
-
-def _write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_files_parse_like_eval_py_with_trailing_instance(tmp_path: Path) -> None:

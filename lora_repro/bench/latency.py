@@ -15,13 +15,17 @@ Timer: `time.perf_counter` on CPU; CUDA events with synchronisation on a GPU.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
+import os
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -255,6 +259,7 @@ def measure(
                     desc="forward passes", mininterval=5.0)
     with torch.inference_mode():
         for batch, seq in cells:
+            gc.collect()
             active = [v for v in variants if v.runs_at((batch, seq))]
             ids = torch.randint(0, vocab_size, (batch, seq), generator=generator).to(device)
             times: dict[str, list[float]] = {v.name: [] for v in active}
@@ -285,9 +290,11 @@ def measure(
 
 
 def run_grid(grid: Mapping[str, Any], device: torch.device, seed: int = 0) -> LatencyResult:
-    """Build every variant once, then time the grid. `grid` is a conf/bench/latency_*.yaml dict."""
-    from lora_repro.measure import MemoryMeter
+    """Build every variant once, then time the grid. `grid` is a conf/bench/latency_*.yaml dict.
 
+    Peak memory is the process's `ru_maxrss` read after the grid: a sampling thread (MemoryMeter)
+    would compete with the compute threads on a small CPU and add noise to every timing.
+    """
     model_cfg = group_option("model", grid["model"])
     dtype = DTYPES[grid.get("dtype", "float32")]
     if device.type == "cpu" and grid.get("num_threads"):
@@ -295,23 +302,25 @@ def run_grid(grid: Mapping[str, Any], device: torch.device, seed: int = 0) -> La
     variants = make_variants(grid, model_cfg)
     cells = grid_cells(grid)
     started = time.perf_counter()
-    with MemoryMeter(device) as meter:
-        base = build_base(model_cfg, device, dtype, seed)
-        models: dict[str, nn.Module] = {}
-        counts: dict[str, dict[str, int]] = {}
-        for variant in variants:
-            models[variant.name], counts[variant.name] = build_variant(base, variant)
-        build_s = time.perf_counter() - started
-        log.info("built %d variants in %.1f s: %s", len(variants), build_s, [v.name for v in variants])
-        cell_results, peak_gpu = measure(models, variants, cells, base.config.vocab_size, device,
-                                         int(grid["warmup"]), int(grid["trials"]), seed)
+    load_before = os.getloadavg()
+    start_rss = psutil.Process().memory_info().rss
+    base = build_base(model_cfg, device, dtype, seed)
+    models: dict[str, nn.Module] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for variant in variants:
+        models[variant.name], counts[variant.name] = build_variant(base, variant)
+    build_s = time.perf_counter() - started
+    log.info("built %d variants in %.1f s: %s", len(variants), build_s, [v.name for v in variants])
+    cell_results, peak_gpu = measure(models, variants, cells, base.config.vocab_size, device,
+                                     int(grid["warmup"]), int(grid["trials"]), seed)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     memory = {}
     for variant in variants:
         model = models[variant.name]
         mem = {
             "device": str(device),
-            "peak_rss_bytes": meter.peak_rss,  # the process's, all variants together (they share the base)
-            "rss_at_start_bytes": meter.start_rss,
+            "peak_rss_bytes": peak_rss,  # the process's, all variants together (they share the base)
+            "rss_at_start_bytes": start_rss,
             "param_bytes": param_bytes(model),
             "unshared_param_bytes": 0 if model is base else unique_bytes(model, base),
         }
@@ -331,6 +340,8 @@ def run_grid(grid: Mapping[str, Any], device: torch.device, seed: int = 0) -> La
         "build_s": round(build_s, 2),
         "wall_s": round(time.perf_counter() - started, 2),
         "torch": torch.__version__,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
     return LatencyResult(variants, counts, cell_results, info, memory)
 

