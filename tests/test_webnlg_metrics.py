@@ -11,7 +11,6 @@ import sacrebleu
 
 from lora_repro.metrics import coco, webnlg
 from lora_repro.metrics.webnlg import (
-from helpers import write_text as _write
     multi_bleu_detok,
     pad_references,
     read_generation_files,
@@ -19,6 +18,7 @@ from helpers import write_text as _write
     ter,
     word_tokenize,
 )
+from helpers import write_text as _write
 
 
 def test_identical_output_scores_bleu_100_and_ter_0() -> None:
