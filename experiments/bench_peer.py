@@ -1,6 +1,7 @@
 """`make bench-peer`: lora-repro's LoRA training path vs PEFT + HF Trainer, same job, same machine.
 
-    python -m experiments.bench_peer [--rounds 3] [--steps 100] [--threads 2] [--no-ablation] [--profile]
+    python -m experiments.bench_peer [--rounds 3] [--steps 100] [--threads 2] [--no-ablation] [--peft-grouped]
+                                     [--profile STEPS]
 
 Jobs alternate in one invocation (round i runs them in a rotated order), each in a fresh process;
 then the inference check (base vs LoRA merged). Prints per-job step time (median), samples/s,
@@ -11,14 +12,16 @@ See lora_repro/bench/peer.py for the job definition.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from lora_repro.bench.peer import JobSpec, run_in_subprocess
-from lora_repro.paths import results_dir
+from lora_repro.paths import cache_dir, results_dir
 from lora_repro.report.bench_peer import summarise, to_markdown
 
 log = logging.getLogger("bench_peer")
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip", type=int, default=10, help="first steps left out of the step statistics")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-ablation", action="store_true", help="skip ours without length grouping")
+    parser.add_argument("--peft-grouped", action="store_true",
+                        help="also run PEFT + Trainer with train_sampling_strategy='group_by_length'")
     parser.add_argument("--no-infer", action="store_true", help="skip the merged-vs-base inference check")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile STEPS steps of each side (separate jobs) with torch.profiler")
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     spec = JobSpec(steps=args.steps, skip=args.skip, threads=args.threads)
-    jobs = ["ours", "peft"] + ([] if args.no_ablation else ["ours_nogroup"])
+    jobs = ["ours", "peft"] + ([] if args.no_ablation else ["ours_nogroup"]) + (["peft_grouped"] if args.peft_grouped else [])
     started = time.perf_counter()
     load_before = os.getloadavg()
     results: list[dict] = []
@@ -65,8 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - started
     command = "python -m experiments.bench_peer " + " ".join(argv if argv is not None else sys.argv[1:])
     loads = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
+    raw = cache_dir() / "bench_peer_last.json"  # the raw job results, for a look beyond the table
+    raw.write_text(json.dumps({"spec": asdict(spec), "results": results, "infer": infer, "profiles": profiles,
+                               "loads": loads, "command": command, "wall_s": wall}, indent=1))
     text = to_markdown(summary, results, infer, profiles, spec, command.strip(), wall, loads)
-    out = results_dir() / "tables" / "bench_peer.md" if args.out is None else __import__("pathlib").Path(args.out)
+    out = results_dir() / "tables" / "bench_peer.md" if args.out is None else Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)

@@ -3,7 +3,9 @@
 GPT-2 medium built from its shape with random weights (timing does not depend on the values), in
 five forms: the base model (= full fine-tuning = LoRA merged), LoRA unmerged (r=4 on q, v), LoRA
 merged (`merge_and_unload`: the base graph again), and Adapter^L / Adapter^H at Figure 5's bottlenecks
-plus the bottlenecks that give Table 1's |Θ| with our parameter formula.
+plus the bottlenecks that give Table 1's |Θ| with our parameter formula. A second instance of the
+base model (`base_copy`) is timed like any variant: its "overhead" is the machine's noise floor, the
+yardstick for the merged-vs-base comparison.
 
 Every variant is built once per process and shares the frozen base weights with the base model
 (only the method modules, and the merged copies of the LoRA-adapted weights, take new memory).
@@ -46,7 +48,7 @@ class Variant:
     """One model form to time. `method` is the method config applied to a shared copy of the base."""
 
     name: str
-    kind: str  # base | lora_unmerged | lora_merged | adapter_h | adapter_l
+    kind: str  # base | base_copy | lora_unmerged | lora_merged | adapter_h | adapter_l
     method: dict[str, Any] | None = None
     bottleneck: int | None = None
     budget: str | None = None  # Table 1's |Θ| label when the bottleneck was chosen to meet it
@@ -97,9 +99,10 @@ def _randomise_method_weights(model: nn.Module, std: float = 0.02) -> None:
 
 def build_variant(base: nn.Module, variant: Variant) -> tuple[nn.Module, dict[str, int]]:
     """The variant as a model sharing the base's frozen weights, and its parameter counts."""
-    if variant.kind == "base":
+    if variant.kind in ("base", "base_copy"):  # base_copy: a second instance of the base graph, a noise control
         counts = count_params(base)
-        return base, {**counts, "trainable_params": 0, "trainable_params_with_head": 0, "method_params": 0}
+        model = base if variant.kind == "base" else shared_copy(base).eval()
+        return model, {**counts, "trainable_params": 0, "trainable_params_with_head": 0, "method_params": 0}
     model = shared_copy(base)
     apply_method(model, variant.method)
     model.to(device=next(base.parameters()).device, dtype=next(base.parameters()).dtype)
@@ -154,6 +157,7 @@ def make_variants(grid: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> list
     lora_cfg = {**group_option("method", "lora"), **grid.get("lora", {})}
     variants = [
         Variant("base", "base"),
+        Variant("base_copy", "base_copy"),
         Variant("lora_unmerged", "lora_unmerged", lora_cfg),
         Variant("lora_merged", "lora_merged", lora_cfg),
     ]

@@ -11,7 +11,9 @@ steps, 2 threads. The two sides differ only in the framework:
 - `ours`: `lora_repro.methods.apply_method` + `lora_repro.train.train_loop`, data from
   `lora_repro.data.glue.make_loader` (pre-tokenised, padded per batch, grouped by length: the
   suite's default `train.group_by_length: true`);
-- `ours_nogroup`: ours without length grouping (an ablation: what the framework alone costs).
+- `ours_nogroup`: ours without length grouping (an ablation: what the framework alone costs);
+- `peft_grouped`: the peer with Trainer's own length grouping (`train_sampling_strategy="group_by_length"`,
+  off by default there).
 
 Each job runs in a fresh Python process (`python -m lora_repro.bench.peer <job> '<json spec>'`) so
 that its peak resident set (`ru_maxrss`: imports, model, data and training together) is its own,
@@ -37,7 +39,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-JOBS = ("ours", "peft", "ours_nogroup", "infer")
+JOBS = ("ours", "peft", "ours_nogroup", "peft_grouped", "infer")
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -139,11 +141,23 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+PROFILE_GROUPS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "dropout RNG": ("aten::bernoulli_",),
+}
+
+
 def _profile_table(profiler, rows: int = 15) -> list[dict[str, Any]]:
-    table = []
-    for evt in sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]:
-        table.append({"op": evt.key, "calls": evt.count, "self_cpu_ms": round(evt.self_cpu_time_total / 1000, 2),
-                      "cpu_total_ms": round(evt.cpu_time_total / 1000, 2)})
+    """Top ops by self CPU time, then one row per PROFILE_GROUPS group and the total."""
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    table = [{"op": evt.key, "calls": evt.count, "self_cpu_ms": round(evt.self_cpu_time_total / 1000, 2),
+              "cpu_total_ms": round(evt.cpu_time_total / 1000, 2)} for evt in events[:rows]]
+    for group, ops in PROFILE_GROUPS.items():
+        chosen = [e for e in events if e.key in ops]
+        table.append({"op": f"[{group}]", "calls": sum(e.count for e in chosen),
+                      "self_cpu_ms": round(sum(e.self_cpu_time_total for e in chosen) / 1000, 2), "cpu_total_ms": None})
+    table.append({"op": "[all ops]", "calls": sum(e.count for e in events),
+                  "self_cpu_ms": round(sum(e.self_cpu_time_total for e in events) / 1000, 2), "cpu_total_ms": None})
     return table
 
 
@@ -226,7 +240,7 @@ def job_ours(spec: JobSpec, group_by_length: bool = True) -> dict[str, Any]:
     }
 
 
-def job_peft(spec: JobSpec) -> dict[str, Any]:
+def job_peft(spec: JobSpec, group_by_length: bool = False) -> dict[str, Any]:
     """The peer: peft.get_peft_model + transformers.Trainer with DataCollatorWithPadding."""
     import tempfile
 
@@ -265,6 +279,7 @@ def job_peft(spec: JobSpec) -> dict[str, Any]:
             adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=spec.grad_clip,
             save_strategy="no", eval_strategy="no", report_to="none", seed=spec.seed, use_cpu=True,
             dataloader_num_workers=0, disable_tqdm=True, logging_steps=500,
+            train_sampling_strategy="group_by_length" if group_by_length else "random",
         )
         trainer = Trainer(model=model, args=args, train_dataset=rows,
                           data_collator=DataCollatorWithPadding(loaded.tokenizer), callbacks=[Clock()])
@@ -357,6 +372,8 @@ def run_job(kind: str, spec: JobSpec) -> dict[str, Any]:
         result = job_ours(spec, group_by_length=False)
     elif kind == "peft":
         result = job_peft(spec)
+    elif kind == "peft_grouped":
+        result = job_peft(spec, group_by_length=True)
     elif kind == "infer":
         result = job_infer(spec)
     else:

@@ -67,7 +67,8 @@ def _versions() -> str:
 
 LABELS = {"ours": "lora-repro (apply_method + train_loop, length-grouped loader)",
           "peft": "PEFT + HF Trainer (DataCollatorWithPadding)",
-          "ours_nogroup": "lora-repro, no length grouping (ablation)"}
+          "ours_nogroup": "lora-repro, no length grouping (ablation)",
+          "peft_grouped": "PEFT + HF Trainer, train_sampling_strategy=group_by_length"}
 
 
 def to_markdown(summary: dict, results: list[dict], infer: dict | None, profiles: dict, spec, command: str,
@@ -94,7 +95,7 @@ def to_markdown(summary: dict, results: list[dict], infer: dict | None, profiles
         "| job | rounds | step ms (median) | samples/s | peak RSS MiB | RSS during training MiB | padded tokens/step | step ratio vs PEFT | memory ratio vs PEFT |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind in ("ours", "peft", "ours_nogroup"):
+    for kind in ("ours", "peft", "ours_nogroup", "peft_grouped"):
         if kind not in summary:
             continue
         r = summary[kind]
@@ -140,6 +141,58 @@ def to_markdown(summary: dict, results: list[dict], infer: dict | None, profiles
     for kind, prof in profiles.items():
         lines += ["", f"## Profile: {LABELS[kind]} ({prof['steps']} steps, {prof['seconds']:.2f} s under the profiler)",
                   "", "| op | calls | self CPU ms | CPU total ms |", "|---|---|---|---|"]
+        total = next((r["self_cpu_ms"] for r in prof["table"] if r["op"] == "[all ops]"), None)
         for row in prof["table"]:
-            lines.append(f"| `{row['op']}` | {row['calls']} | {row['self_cpu_ms']:.1f} | {row['cpu_total_ms']:.1f} |")
+            if row["op"].startswith("["):
+                share = f" ({100 * row['self_cpu_ms'] / total:.0f} %)" if total else ""
+                lines.append(f"| **{row['op']}** | {row['calls']} | {row['self_cpu_ms']:.1f}{share} | |")
+            else:
+                lines.append(f"| `{row['op']}` | {row['calls']} | {row['self_cpu_ms']:.1f} | {row['cpu_total_ms']:.1f} |")
+    lines += where_time_goes(summary, profiles)
     return "\n".join(lines) + "\n"
+
+
+def _share(profiles: dict, kind: str, group: str) -> float | None:
+    table = profiles.get(kind, {}).get("table", [])
+    total = next((r["self_cpu_ms"] for r in table if r["op"] == "[all ops]"), None)
+    part = next((r["self_cpu_ms"] for r in table if r["op"] == f"[{group}]"), None)
+    return None if not total or part is None else 100 * part / total
+
+
+def where_time_goes(summary: dict, profiles: dict) -> list[str]:
+    """The findings, with this run's numbers."""
+    if "ours" not in summary or "peft" not in summary:
+        return []
+    ours, peft = summary["ours"], summary["peft"]
+    lines = ["", "## Where the time goes", ""]
+    lines.append(
+        f"- Padding. A step of ours computes on {ours['padded_tokens_per_step']:.0f} padded tokens, PEFT + Trainer on "
+        f"{peft['padded_tokens_per_step']:.0f} ({peft['padded_tokens_per_step'] / ours['padded_tokens_per_step']:.1f}x), "
+        "for the same rows: Trainer's default sampler draws random batches that `DataCollatorWithPadding` pads to their "
+        "longest row (SST-2 rows are 13 tokens on average, up to 64), while the suite's loader sorts windows of 50 "
+        "batches by length before shuffling the batches (`train.group_by_length: true`, the suite default).")
+    if "ours_nogroup" in summary:
+        lines.append(
+            f"- The framework itself costs the same: without length grouping our step time is "
+            f"{summary['ours_nogroup']['step_ratio']:.3f}x PEFT's (same padded tokens per step). The LoRA layer "
+            "matches PEFT's per module (a micro-benchmark of one 384x384 projection, forward + backward, "
+            "r=8: within 1-3 % of PEFT's `lora.Linear`), and the loop's extra work (per-step token count, a memory sampler "
+            "thread every 20 ms) is below the noise.")
+    if "peft_grouped" in summary:
+        g = summary["peft_grouped"]
+        lines.append(
+            f"- With Trainer's own length grouping (`train_sampling_strategy='group_by_length'`, off by default) PEFT runs "
+            f"at {g['step_ms']:.1f} ms/step ({g['padded_tokens_per_step']:.0f} padded tokens/step): ours / that = "
+            f"{ours['step_ms'] / g['step_ms']:.3f}. The default-vs-default ratio above is the headline because the "
+            "calibration (87.6 samples/s) is Trainer's default.")
+    matmul, rng = _share(profiles, "ours", "matmul"), _share(profiles, "ours", "dropout RNG")
+    if matmul is not None:
+        lines.append(
+            f"- Profile of ours: matrix products (mm, addmm, bmm) take {matmul:.0f} % of self CPU time, dropout's "
+            f"random masks (`bernoulli_`, MiniLM's hidden and attention dropout 0.1, active in training on both sides) "
+            f"{rng:.0f} %; the rest is element-wise ops, layer norms, softmax, the optimizer and Python.")
+    lines.append(
+        f"- Memory: peak RSS is mostly the imports (torch + transformers + the BERT code: ~370 MiB for ours; "
+        "PEFT + Trainer (accelerate etc.) ~460 MiB), the model (~90 MiB) and the allocator's high-water mark of "
+        "activations at the longest batch (16 x 64 on both sides); ours imports less.")
+    return lines
