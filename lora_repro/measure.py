@@ -7,6 +7,7 @@ several runs in one process (a sweep) each get their own peak, which `ru_maxrss`
 
 from __future__ import annotations
 
+import platform
 import threading
 from typing import Any
 
@@ -66,3 +67,15 @@ class MemoryMeter:
             result["peak_gpu_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             result["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
         return result
+
+
+def cpu_name() -> str:
+    """The processor's model name (for the hardware line of benchmark tables)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

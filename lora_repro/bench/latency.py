@@ -36,6 +36,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from lora_repro.config import group_option
 from lora_repro.methods import apply_method, count_params, lora
 from lora_repro.models.tiny import build_tokenizer, tiny_config
+from lora_repro.measure import cpu_name
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ def run_grid(grid: Mapping[str, Any], device: torch.device, seed: int = 0) -> La
         memory[variant.name] = mem
     info = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "dtype": grid.get("dtype", "float32"),
         "num_threads": torch.get_num_threads(),
         "timer": "cuda_event" if device.type == "cuda" else "perf_counter",
@@ -348,18 +349,6 @@ def run_grid(grid: Mapping[str, Any], device: torch.device, seed: int = 0) -> La
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
     return LatencyResult(variants, counts, cell_results, info, memory)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def same_graph(a: nn.Module, b: nn.Module) -> bool:

@@ -8,6 +8,8 @@ import statistics
 from dataclasses import asdict
 from typing import Any
 
+from lora_repro.measure import cpu_name
+
 STEP_TARGET = 0.90
 MEMORY_TARGET = 1.0
 INFER_TOLERANCE = 0.01
@@ -43,16 +45,6 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _versions() -> str:
     from importlib import metadata
 
@@ -77,7 +69,7 @@ def to_markdown(summary: dict, results: list[dict], infer: dict | None, profiles
     lines = [
         "# lora-repro vs PEFT + HF Trainer: one LoRA fine-tuning job",
         "",
-        f"Command: `{command}` ({wall_s / 60:.1f} min). Hardware: {_cpu_name()}, {os.cpu_count()} logical CPUs, "
+        f"Command: `{command}` ({wall_s / 60:.1f} min). Hardware: {cpu_name()}, {os.cpu_count()} logical CPUs, "
         f"{platform.machine()}, Linux; {_versions()}."
         + (f" Load average (1, 5, 15 min) before {loads['before']}, after {loads['after']} (the jobs' own threads count; on a quiet machine `before` is near 0)." if loads else ""),
         "",
