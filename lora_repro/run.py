@@ -24,7 +24,7 @@ from lora_repro.store import RunStore, new_record, run_key
 from lora_repro.tasks import glue as glue_task
 from lora_repro.tasks import nlg as nlg_task
 from lora_repro.tracking import make_tracker
-from lora_repro.train import train_loop
+from lora_repro.train import autocast, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,10 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"train.device must be auto, cpu or cuda, got {train.get('device')!r}")
     if train["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    try:
+        autocast(train, device_for(train))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def device_for(train_cfg: dict) -> torch.device:
@@ -156,7 +160,8 @@ def run(cfg: dict, store: RunStore | None = None) -> dict:
     if state.best_weights is not None:
         load_method_state_dict(model, state.best_weights)
     if data.finish is not None:
-        best.update(data.finish(model))
+        with autocast(train_cfg, device):
+            best.update(data.finish(model))
     checkpoint: dict[str, Any] = {"bytes": sum(t.numel() * t.element_size() for t in (state.best_weights or {}).values()),
                                   "init_from": init_path}
     if train_cfg.get("save_weights") and state.best_weights is not None and is_rank_zero():

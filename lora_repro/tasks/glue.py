@@ -29,7 +29,8 @@ def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) ->
     pad = tokenizer.pad_token_id
     loader = make_loader(train, int(train_cfg["batch_size"]), shuffle=True, seed=int(cfg["seed"]),
                          pad_token_id=pad, group_by_length=bool(train_cfg["group_by_length"]))
-    eval_loaders = {s: make_loader(e, int(train_cfg["eval_batch_size"]), pad_token_id=pad) for s, e in evals.items()}
+    eval_loaders = {s: make_loader(e, int(train_cfg["eval_batch_size"]), pad_token_id=pad,
+                                   group_by_length=bool(train_cfg["group_by_length"])) for s, e in evals.items()}
 
     @torch.inference_mode()
     def evaluate(model: nn.Module) -> dict[str, float]:
