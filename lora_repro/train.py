@@ -90,13 +90,18 @@ def move(batch: dict, device: torch.device) -> dict:
 
 
 def causal_lm_loss(model: nn.Module, batch: dict, label_smoothing: float) -> torch.Tensor:
-    """Token cross-entropy on supervised (completion) tokens, with label smoothing (Table 11)."""
+    """Token cross-entropy on supervised (completion) tokens, with label smoothing (Table 11).
+
+    The LM head runs only at positions that predict a supervised token: the head (vocab x d) is a
+    fifth of SmolLM2-135M's compute and about half of an E2E sequence is prompt, so this saves
+    ~15% of a step. The loss is the same as the mean over model(**batch).logits at those positions.
+    """
     labels = batch.pop("labels")
-    logits = model(**batch).logits[:, :-1].float()
-    return nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-        ignore_index=-100, label_smoothing=label_smoothing,
-    )
+    targets = labels[:, 1:]
+    supervised = targets != -100
+    hidden = model.base_model(**batch).last_hidden_state[:, :-1][supervised]
+    logits = model.get_output_embeddings()(hidden).float()
+    return nn.functional.cross_entropy(logits, targets[supervised], label_smoothing=label_smoothing)
 
 
 def train_loop(

@@ -36,6 +36,7 @@ from lora_repro.methods import MethodHandle
 from lora_repro.metrics.e2e import score_e2e
 from lora_repro.metrics.webnlg import score_generation
 from lora_repro.paths import cache_dir
+from lora_repro.store import run_key
 from lora_repro.tasks.base import TaskData
 from lora_repro.train import causal_lm_loss, move
 
@@ -147,7 +148,9 @@ def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) ->
     def finish(model: nn.Module) -> dict[str, Any]:
         model.eval()
         hyps = generate(model, tokenizer, handle, groups, decode, device)
-        out_dir = cache_dir() / "generations" / cfg["experiment_name"] / f"{task['name']}-{cfg['method'].get('label', cfg['method']['name'])}-s{cfg['seed']}"
+        # named by the run key too: two configs of one method (a sweep) must not overwrite each other's files
+        label = cfg["method"].get("label", cfg["method"]["name"])
+        out_dir = cache_dir() / "generations" / cfg["experiment_name"] / f"{task['name']}-{label}-s{cfg['seed']}-{run_key(cfg)}"
         out_dir.mkdir(parents=True, exist_ok=True)
         scores = score(task["metric"], groups, hyps, out_dir)
         samples = [{"input": g.context, "output": h, "reference": g.references[0]}
