@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 (default: the protocol's)")
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th method starting at i")
     parser.add_argument("--table-only", action="store_true", help="write the table from the store, train nothing")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow --shard (the Makefile passes ARGS last)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     base = compose_config(args.overrides)
     protocol = OmegaConf.to_container(base.protocol, resolve=True)

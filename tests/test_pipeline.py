@@ -96,7 +96,9 @@ def test_glue_smoke_config_to_record_to_table(store_root, tmp_path):
     lora_row = next(line for line in efficiency.splitlines() if line.startswith("| lora |"))
     assert float(lora_row.split("|")[6]) < 1.0  # LoRA's weights+grads+Adam bytes are a fraction of full FT's
     # a second run trains nothing and writes the same table
-    second = subprocess.run(cmd, cwd=REPO_ROOT, env={**_env(), **env}, capture_output=True, text=True, timeout=300)
+    # (overrides may follow --shard: the Makefile passes ARGS last)
+    second = subprocess.run([*cmd, "--shard", "0/1", "seed=0"], cwd=REPO_ROOT, env={**_env(), **env},
+                            capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and second.stderr.count("already in the store") == 4
     assert _table_body(store_root / "tables" / "glue_glue_smoke.md") == _table_body_text(table)
 

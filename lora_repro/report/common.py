@@ -24,3 +24,13 @@ def wall_span_s(runs: pd.DataFrame) -> float:
     """Seconds from the first run's start to the last run's end (runs may overlap: JOBS=2)."""
     started = runs.finished - pd.to_timedelta(runs.wall_s, unit="s")
     return (runs.finished.max() - started.min()).total_seconds()
+
+
+def wall_text(runs: pd.DataFrame) -> str:
+    """The caption's timing: span and summed run time, and a warning when runs came in separate calls."""
+    span, total = wall_span_s(runs), float(runs.wall_s.sum())
+    text = (f"Wall time from the first run's start to the last run's end: {span / 60:.1f} min "
+            f"(sum of run wall times {total / 60:.1f} min)")
+    if span > total + 60:  # more than a minute of the span had no run going: not one uninterrupted call
+        text += "; the runs were made in separate calls, so the span includes the time between them"
+    return text

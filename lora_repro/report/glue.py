@@ -14,7 +14,7 @@ import pandas as pd
 
 from lora_repro.metrics.glue import headline
 from lora_repro.paths import REPO_ROOT
-from lora_repro.report.common import completed_records, record_times, wall_span_s
+from lora_repro.report.common import completed_records, record_times, wall_text
 from lora_repro.store import RunStore
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "glue_table2.csv"
@@ -91,8 +91,6 @@ def write_glue_table(experiment: str, methods: list[str], tasks: list[str], pape
     models = ", ".join(sorted(runs.model.unique()))
     scales = ", ".join(sorted(runs.scale.unique()))
     seeds = int(runs.groupby(["method", "task"]).seed.nunique().max())
-    total = runs.wall_s.sum()
-    span = wall_span_s(runs)
     caption = (
         f"# GLUE dev, {experiment}: model {models}, scale {scales}\n\n"
         f"Ours (paper's {paper_protocol} row in parentheses; the paper's model differs from ours at this scale). "
@@ -100,8 +98,8 @@ def write_glue_table(experiment: str, methods: list[str], tasks: list[str], pape
         f"{'Median of ' + str(seeds) + ' seeds ± half-range.' if seeds > 1 else 'One seed.'} "
         f"`params`: trainable without the head (the paper's count; the paper's in parentheses), "
         f"`with head`: including the classifier (and BERT's pooler). Avg over the tasks shown (the paper's avg "
-        f"recomputed over the same tasks). Wall time from the first run's start to the last run's end: "
-        f"{span / 60:.1f} min (sum of run wall times {total / 60:.1f} min)"
+        f"recomputed over the same tasks). "
+        + wall_text(runs)
         + (f"; this call {wall_s / 60:.1f} min" if wall_s else "")
         + f"; {platform.machine()}, {__import__('os').cpu_count()} cores. Regenerate: `make reproduce-glue`."
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from lora_repro.paths import REPO_ROOT
-from lora_repro.report.common import completed_records, record_times, wall_span_s
+from lora_repro.report.common import completed_records, record_times, wall_text
 from lora_repro.store import RunStore
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "nlg_tables.csv"
@@ -74,7 +74,6 @@ def write_nlg_table(experiment: str, dataset: str, methods: list[str], paper_mod
         summary.append(row)
     model = ", ".join(sorted(runs.model.unique()))
     seeds = int(runs.groupby("method").seed.nunique().max())
-    span = wall_span_s(runs)
     caption = [
         f"# {dataset.upper()} test, {experiment}: model {model}, scale {', '.join(sorted(runs.scale.unique()))}",
         "",
@@ -82,8 +81,7 @@ def write_nlg_table(experiment: str, dataset: str, methods: list[str], paper_mod
         f"{'Mean ± std of ' + str(seeds) + ' seeds.' if seeds > 1 else 'One seed.'} "
         f"Decoded once per unique test input ({int(runs.decoded_inputs.max())} inputs). "
         f"`params`: trainable parameters (ours exact; the paper's as printed). "
-        f"Wall time from the first run's start to the last run's end {span / 60:.1f} min "
-        f"(sum of run wall times {runs.wall_s.sum() / 60:.1f} min)"
+        + wall_text(runs)
         + (f", this call {wall_s / 60:.1f} min" if wall_s else "")
         + f"; {platform.machine()}, {__import__('os').cpu_count()} cores.",
         "",
