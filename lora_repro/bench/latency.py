@@ -5,7 +5,9 @@ five forms: the base model (= full fine-tuning = LoRA merged), LoRA unmerged (r=
 merged (`merge_and_unload`: the base graph again), and Adapter^L / Adapter^H at Figure 5's bottlenecks
 plus the bottlenecks that give Table 1's |Θ| with our parameter formula. A second instance of the
 base model (`base_copy`) is timed like any variant: its "overhead" is the machine's noise floor, the
-yardstick for the merged-vs-base comparison.
+yardstick for the merged-vs-base comparison. `merged_zero` is merged LoRA with ΔW = 0: the same
+private copies of the adapted weights as `lora_merged` (which shares nothing else with the base
+either), so merged / merged_zero isolates the values from where the copies sit in memory.
 
 Every variant is built once per process and shares the frozen base weights with the base model
 (only the method modules, and the merged copies of the LoRA-adapted weights, take new memory).
@@ -49,7 +51,7 @@ class Variant:
     """One model form to time. `method` is the method config applied to a shared copy of the base."""
 
     name: str
-    kind: str  # base | base_copy | lora_unmerged | lora_merged | adapter_h | adapter_l
+    kind: str  # base | base_copy | lora_unmerged | lora_merged | merged_zero | adapter_h | adapter_l
     method: dict[str, Any] | None = None
     bottleneck: int | None = None
     budget: str | None = None  # Table 1's |Θ| label when the bottleneck was chosen to meet it
@@ -108,9 +110,15 @@ def build_variant(base: nn.Module, variant: Variant) -> tuple[nn.Module, dict[st
     apply_method(model, variant.method)
     model.to(device=next(base.parameters()).device, dtype=next(base.parameters()).dtype)
     _randomise_method_weights(model)
+    if variant.kind == "merged_zero":
+        with torch.no_grad():
+            for layer in lora.lora_layers(model):
+                for param in layer.parameters():
+                    if param.requires_grad:
+                        param.zero_()  # ΔW = B A = 0
     counts = count_params(model)
     counts["method_params"] = counts["trainable_params"]
-    if variant.kind == "lora_merged":
+    if variant.kind in ("lora_merged", "merged_zero"):
         for layer in lora.lora_layers(model):  # merge into private copies, never into the shared base weights
             layer.base.weight = nn.Parameter(layer.base.weight.detach().clone(), requires_grad=False)
         lora.merge_and_unload(model)
@@ -161,6 +169,7 @@ def make_variants(grid: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> list
         Variant("base_copy", "base_copy"),
         Variant("lora_unmerged", "lora_unmerged", lora_cfg),
         Variant("lora_merged", "lora_merged", lora_cfg),
+        Variant("merged_zero", "merged_zero", lora_cfg),
     ]
     for method in ("adapter_l", "adapter_h"):
         for r in grid["bottlenecks"]:

@@ -76,6 +76,11 @@ def checks(frame: pd.DataFrame) -> list[dict[str, Any]]:
             noise = 1 + control.overhead_pct / 100
             numbers += (f"; noise floor (a second instance of the base model / base): {noise.min():.4f} .. "
                         f"{noise.max():.4f}")
+        zero = frame[frame.variant == "merged_zero"].set_index(["batch", "seq"])
+        if not zero.empty:
+            same_copies = merged.set_index(["batch", "seq"]).median_ms / zero.median_ms
+            numbers += (f"; merged / merged with ΔW = 0 (the same private weight copies): "
+                        f"{same_copies.min():.4f} .. {same_copies.max():.4f}")
         out.append({"check": "LoRA merged / base within 1.00 ± 0.01 (every cell)",
                     "passed": bool(((ratios - 1).abs() <= 0.01).all()), "numbers": numbers})
     smallest = frame[["batch", "seq"]].drop_duplicates().assign(work=lambda d: d.batch * d.seq)
@@ -155,7 +160,7 @@ def table1_markdown(frame: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
 
 def grid_markdown(frame: pd.DataFrame) -> list[str]:
     grid = frame[frame.budget.isna()]
-    variants = [v for v in ["base_copy", "lora_merged", "lora_unmerged"] if v in set(grid.variant)]
+    variants = [v for v in ["base_copy", "lora_merged", "merged_zero", "lora_unmerged"] if v in set(grid.variant)]
     for kind in ("adapter_l", "adapter_h"):
         sub = grid[grid.kind == kind].sort_values("bottleneck")
         variants += list(dict.fromkeys(sub.variant))
