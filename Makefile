@@ -44,7 +44,8 @@ reproduce-glue: $(STAMP)  ## GLUE table (SCALE=cpu|smoke|paper, PROTOCOL=roberta
 reproduce-e2e: $(STAMP)  ## E2E table (SCALE=cpu|smoke|paper, PROTOCOL=gpt2_medium for paper)
 reproduce-webnlg: $(STAMP)  ## WebNLG table (as reproduce-e2e)
 reproduce-dart: $(STAMP)  ## DART table (as reproduce-e2e)
-# E2E runs one job of 2 threads (a 135M model steps 2x faster on 2 threads; two 1-thread jobs contend)
+# E2E runs one job of 2 threads: SmolLM2 LoRA measured 1.7 s/step there vs 3.5 s/step for each of two
+# side-by-side 1-thread jobs (records in results/runs/e2e_cpu; those predate the ~15% cheaper loss)
 reproduce-e2e: JOBS = 1
 reproduce-%:
 	@set -e; pids=; for i in $$(seq 0 $$(($(JOBS) - 1))); do \

@@ -130,6 +130,7 @@ def train_loop(
     smoothing = float(train_cfg.get("label_smoothing") or 0.0)
     clip = float(train_cfg.get("grad_clip") or 0.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    amp = autocast(train_cfg, device)  # built once: the step loop only enters it
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.get("precision") == "fp16")
     meter = MemoryMeter(device)
     samples = tokens = 0
@@ -146,7 +147,7 @@ def train_loop(
                 batch = move(handle.prepare_batch(batch), device)
                 samples += batch["input_ids"].shape[0]
                 tokens += int(batch["attention_mask"].sum())
-                with autocast(train_cfg, device):
+                with amp:
                     loss = causal_lm_loss(model, batch, smoothing) if causal else model(**batch).loss
                 scaler.scale(loss).backward()
                 if clip > 0:
@@ -167,7 +168,7 @@ def train_loop(
             state.epoch += 1
             started = time.perf_counter()
             model.eval()
-            with autocast(train_cfg, device):
+            with amp:
                 metrics = evaluate(model)
             eval_seconds += time.perf_counter() - started
             entry = {"epoch": state.epoch, "step": state.step, "train_loss": running.item() / max(1, seen), **metrics}
