@@ -17,7 +17,7 @@ SEED_ARG   = $(if $(SEEDS),--seeds $(SEEDS),)
 # conf/experiment/<dataset>_<scale>[_<protocol>].yaml, e.g. glue_cpu, glue_paper_roberta_base_lora
 experiment = $(1)_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
 
-.PHONY: help install test test-fast params latency bench-peer clean  # reproduce-% and table-% are pattern rules (make skips those for .PHONY targets)
+.PHONY: help install test test-fast params latency bench-peer gpu-check clean  # reproduce-% and table-% are pattern rules (make skips those for .PHONY targets)
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -61,6 +61,10 @@ latency: $(STAMP)  ## inference latency grid (Table 1 / Figure 5); SCALE=paper f
 
 bench-peer: $(STAMP)  ## lora-repro vs PEFT + HF Trainer: step time and memory ratios
 	$(PYTHON) -m experiments.bench_peer $(ARGS)
+
+gpu-check: $(STAMP)  ## on a GPU machine: CUDA tests (events, memory stats, fp16/bf16) and the smoke latency grid
+	$(PYTHON) -m pytest -q -rs tests/test_cuda.py
+	$(PYTHON) -m experiments.latency --grid smoke --device cuda
 
 clean:  ## remove caches (not the results store)
 	rm -rf .cache outputs multirun .pytest_cache

@@ -3,7 +3,8 @@ protocol, then write its table (GLUE or NLG, by the protocol's task kind).
 
     python -m experiments.reproduce +experiment=glue_cpu [--seeds 5] [--shard 0/2] [--table-only] [overrides...]
 
-Runs are ordered so a task that others initialise from (MNLI) comes first. `--shard i/n` takes every
+Runs are ordered so a task that others initialise from (`train.init_from_task`: MNLI in the paper,
+STS-B at cpu scale) runs before them. `--shard i/n` takes every
 n-th method, so n processes can share the machine; the table is written by the unsharded call.
 """
 
@@ -20,10 +21,25 @@ from lora_repro.paths import results_dir
 from lora_repro.report.efficiency import write_efficiency_table
 from lora_repro.report.glue import write_glue_table
 from lora_repro.report.nlg import write_nlg_table
-from lora_repro.run import explicit_overrides, resolve, run
+from lora_repro.run import ConfigError, explicit_overrides, method_label, resolve, run
 from lora_repro.store import run_key
 
 log = logging.getLogger("reproduce")
+
+
+def init_order(plan: list[dict]) -> list[dict]:
+    """The plan sorted (stably) so a run's `init_from_task` source of the same method and seed runs first."""
+    source = {(method_label(c), c["seed"], c["task"]["name"]): c["train"].get("init_from_task") for c in plan}
+
+    def depth(key: tuple, chain: tuple = ()) -> int:
+        if not source.get(key):
+            return 0
+        if key in chain:
+            raise ConfigError(f"train.init_from_task forms a cycle: {' -> '.join(k[2] for k in (*chain, key))}; "
+                              "fix the protocol's hparams so one task starts from the pretrained model")
+        return 1 + depth((key[0], key[1], source[key]), (*chain, key))
+
+    return sorted(plan, key=lambda c: depth((method_label(c), c["seed"], c["task"]["name"])))
 
 
 def main() -> None:
@@ -39,7 +55,7 @@ def main() -> None:
     seeds = list(range(args.seeds)) if args.seeds else protocol["seeds"]
     index, count = (int(x) for x in args.shard.split("/"))
     methods = protocol["methods"][index::count]
-    tasks = sorted(protocol["tasks"], key=lambda t: t != "mnli")
+    tasks = protocol["tasks"]
     explicit = explicit_overrides(args.overrides)
     started = time.perf_counter()
 
@@ -49,7 +65,7 @@ def main() -> None:
             for m in methods for t in tasks for s in seeds]
 
     if not args.table_only:
-        plan = planned(methods)
+        plan = init_order(planned(methods))
         for number, cfg in enumerate(plan, 1):
             log.info("[%d/%d] %s %s seed %d", number, len(plan), cfg["task"]["name"], cfg["method"]["name"], cfg["seed"])
             run(cfg)

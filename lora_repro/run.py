@@ -116,7 +116,14 @@ def _init_from_task(model, cfg: dict, store: RunStore, source_task: str) -> str:
             f"{cfg['method']['name']} seed {cfg['seed']} in experiment {cfg['experiment_name']}. "
             f"Fix: run task={source_task} first (the reproduce driver orders it first)."
         )
-    path = REPO_ROOT / matches[-1]["checkpoint"]["path"]
+    saved = matches[-1]["checkpoint"].get("path")
+    path = REPO_ROOT / saved if saved else None
+    if path is None or not path.exists():
+        raise ConfigError(
+            f"train.init_from_task={source_task}: the {source_task} run {matches[-1]['key']} "
+            + (f"saved its weights to {path}, which is gone" if path else "saved no weights (train.save_weights=false)")
+            + f". Fix: rerun task={source_task} with force=true train.save_weights=true."
+        )
     state = {k: v for k, v in load_file(path).items() if not is_head_param(k, spec_for(model))}
     own = {n: p for n, p in model.named_parameters() if p.requires_grad and not is_head_param(n, spec_for(model))}
     missing = set(own) - set(state)

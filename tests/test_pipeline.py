@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lora_repro.config import compose_config
-from lora_repro.paths import REPO_ROOT
+from lora_repro.paths import CACHE_ENV, REPO_ROOT
 from lora_repro.run import ConfigError, resolve, run
 from lora_repro.store import RunStore
 
@@ -69,6 +69,19 @@ def test_mnli_initialisation_only_where_the_paper_uses_it():
     assert houlsby["train"]["init_from_task"] is None
 
 
+def test_reproduce_runs_init_sources_first_and_refuses_cycles():
+    from experiments.reproduce import init_order
+
+    def cfg(task: str, init: str | None, method: str = "lora") -> dict:
+        return {"task": {"name": task}, "method": {"name": method}, "seed": 0, "train": {"init_from_task": init}}
+
+    plan = [cfg("rte", "stsb"), cfg("mrpc", "stsb"), cfg("stsb", "mnli"), cfg("mnli", None), cfg("rte", None, "full")]
+    order = [(c["method"]["name"], c["task"]["name"]) for c in init_order(plan)]
+    assert order == [("lora", "mnli"), ("full", "rte"), ("lora", "stsb"), ("lora", "rte"), ("lora", "mrpc")]
+    with pytest.raises(ConfigError, match="cycle: rte -> stsb -> rte"):
+        init_order([cfg("rte", "stsb"), cfg("stsb", "rte")])
+
+
 def test_bad_config_stops_before_training():
     cfg = resolved("task=sst2")
     cfg["train"]["epochs"] = -1
@@ -80,7 +93,7 @@ def test_bad_config_stops_before_training():
 
 @pytest.mark.slow
 def test_glue_smoke_config_to_record_to_table(store_root, tmp_path):
-    env = {"LORA_REPRO_RESULTS": str(store_root)}
+    env = {"LORA_REPRO_RESULTS": str(store_root), CACHE_ENV: str(tmp_path / "cache")}  # weights saved there
     cmd = [sys.executable, "-m", "experiments.reproduce", "+experiment=glue_smoke"]
     first = subprocess.run(cmd, cwd=REPO_ROOT, env={**_env(), **env}, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -92,6 +105,10 @@ def test_glue_smoke_config_to_record_to_table(store_root, tmp_path):
         assert record["best_epoch"] == 1
     table = (store_root / "tables" / "glue_glue_smoke.md").read_text()
     assert "| lora |" in table and "(95.1)" in table  # ours beside the paper's RoB-base LoRA SST-2
+    # the protocol starts LoRA's SST-2 from its STS-B weights: the driver ran STS-B first, the table says so
+    init = {(r["task"], r["method"]): r["checkpoint"]["init_from"] for r in records}
+    assert init[("sst2", "lora")] and init[("stsb", "lora")] is None and init[("sst2", "full")] is None
+    assert "lora SST2 from STSB" in table and table.count("‡") == 2  # the caption's key and the one cell
     efficiency = (store_root / "tables" / "efficiency_glue_smoke.md").read_text()
     lora_row = next(line for line in efficiency.splitlines() if line.startswith("| lora |"))
     assert float(lora_row.split("|")[6]) < 1.0  # LoRA's weights+grads+Adam bytes are a fraction of full FT's
@@ -157,3 +174,12 @@ def test_bf16_run_trains_and_fp16_on_cpu_is_refused(store_root):
     assert record["config"]["train"]["precision"] == "bf16"
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolved("task=sst2", "model=tiny_bert", "scale=smoke", "train.precision=fp16", "train.device=cpu")
+
+
+def test_init_from_a_run_without_saved_weights_names_the_fix(store_root):
+    common = ["model=tiny_bert", "method=lora", "scale=smoke", "experiment_name=init"]
+    run(resolved("task=stsb", *common), RunStore(store_root))  # smoke scale saves no weights
+    with pytest.raises(ConfigError, match="saved no weights .*rerun task=stsb with force=true train.save_weights=true"):
+        run(resolved("task=sst2", "train.init_from_task=stsb", *common), RunStore(store_root))
+    with pytest.raises(ConfigError, match="no completed mrpc run"):
+        run(resolved("task=sst2", "train.init_from_task=mrpc", *common), RunStore(store_root))

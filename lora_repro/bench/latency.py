@@ -56,13 +56,15 @@ class Variant:
     bottleneck: int | None = None
     budget: str | None = None  # Table 1's |Θ| label when the bottleneck was chosen to meet it
     cells: tuple[tuple[int, int], ...] | None = None  # None: every grid cell
+    trials: int | None = None  # timed passes per cell; None: the grid's `trials`
 
     def runs_at(self, cell: tuple[int, int]) -> bool:
         return self.cells is None or tuple(cell) in self.cells
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "method": self.method, "bottleneck": self.bottleneck,
-                "budget": self.budget, "cells": None if self.cells is None else [list(c) for c in self.cells]}
+                "budget": self.budget, "cells": None if self.cells is None else [list(c) for c in self.cells],
+                "trials": self.trials}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,12 +166,13 @@ def bottleneck_for_budget(model_cfg: Mapping[str, Any], method: str, target: int
 
 def make_variants(grid: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> list[Variant]:
     lora_cfg = {**group_option("method", "lora"), **grid.get("lora", {})}
+    check = grid.get("merge_check_trials")  # more passes for the 1.00 ± 0.01 check's four variants
     variants = [
-        Variant("base", "base"),
-        Variant("base_copy", "base_copy"),
+        Variant("base", "base", trials=check),
+        Variant("base_copy", "base_copy", trials=check),
         Variant("lora_unmerged", "lora_unmerged", lora_cfg),
-        Variant("lora_merged", "lora_merged", lora_cfg),
-        Variant("merged_zero", "merged_zero", lora_cfg),
+        Variant("lora_merged", "lora_merged", lora_cfg, trials=check),
+        Variant("merged_zero", "merged_zero", lora_cfg, trials=check),
     ]
     for method in ("adapter_l", "adapter_h"):
         for r in grid["bottlenecks"]:
@@ -236,6 +239,7 @@ def summarise(times_s: list[float], base_s: list[float] | None = None) -> dict[s
         "min_ms": round(ms[0], 4),
     }
     if base_s:
+        base_s = base_s[: len(times_s)]  # the base's passes from the same rounds (it may run more)
         out["overhead_pct"] = round(100 * (statistics.median(times_s) / statistics.median(base_s) - 1), 3)
         out["overhead_pct_mean"] = round(100 * (statistics.fmean(times_s) / statistics.fmean(base_s) - 1), 3)
         paired = [a / b for a, b in zip(times_s, base_s)]
@@ -262,14 +266,19 @@ def measure(
     trials: int,
     seed: int = 0,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-    """Time a forward pass of every variant at every cell it runs at; variants interleaved per trial."""
+    """Time a forward pass of every variant at every cell it runs at; variants interleaved per trial.
+
+    A variant with its own `trials` (the merge check's) takes part in that many rounds, the others in
+    `trials`; paired ratios pair round i with the base's round i.
+    """
     variants = list(variants)
+    rounds = {v.name: v.trials or trials for v in variants}
     timer = make_timer(device)
     results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     peak_gpu: dict[str, int] = {v.name: 0 for v in variants}
     cells = list(cells)
     generator = torch.Generator().manual_seed(seed)
-    progress = tqdm(total=sum((warmup + trials) * sum(v.runs_at(c) for v in variants) for c in cells),
+    progress = tqdm(total=sum((warmup + rounds[v.name]) * v.runs_at(c) for v in variants for c in cells),
                     desc="forward passes", mininterval=5.0)
     with torch.inference_mode():
         for batch, seq in cells:
@@ -285,9 +294,11 @@ def measure(
                 for v in active:
                     timer(lambda: forward(v.name))
                     progress.update()
-            for trial in range(trials):
+            for trial in range(max(rounds[v.name] for v in active)):
                 shift = trial % len(active)
                 for v in active[shift:] + active[:shift]:
+                    if trial >= rounds[v.name]:
+                        continue
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     times[v.name].append(timer(lambda: forward(v.name)))

@@ -45,7 +45,8 @@ class LoRABranch(nn.Module):
             nn.init.normal_(self.lora_A, std=init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        # scale the rank-r intermediate, not the (tokens x out) product: r/out of the elementwise work
+        return (self.dropout(x) @ self.lora_A.t() * self.scaling) @ self.lora_B.t()
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW in (out, in) orientation."""

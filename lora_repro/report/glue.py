@@ -2,7 +2,9 @@
 
 One row per method: trainable parameters without and with the head, one column per task (the
 paper's headline metric x 100: accuracy, CoLA Matthews, STS-B Pearson, MNLI pooled m+mm) and the
-average. With several seeds a cell is the median of each run's best epoch, ± half the range.
+average. With several seeds a cell is the median of each run's best epoch, ± half the range. A cell
+whose runs started from the method's weights on another task (`train.init_from_task`, the paper's
+MNLI trick) is marked with INIT_MARK and the caption names the source.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from lora_repro.report.common import completed_records, record_times, wall_text
 from lora_repro.store import RunStore
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "glue_table2.csv"
+INIT_MARK = "‡"
 TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
 
 
@@ -28,6 +31,7 @@ def collect(experiment: str, store: RunStore | None = None, keys: set[str] | Non
         rows.append({
             "method": record["method"], "task": record["task"], "seed": record["seed"],
             "score": 100 * record["best"][headline(record["task"])],
+            "init_from": record["config"]["train"].get("init_from_task"),
             "trainable": record["params"]["trainable"], "trainable_with_head": record["params"]["trainable_with_head"],
             **record_times(record), "model": record["model"], "scale": record["scale"],
             "peak_rss_bytes": record["memory"].get("peak_rss_bytes"),
@@ -51,15 +55,17 @@ def summarise(runs: pd.DataFrame, methods: list[str], tasks: list[str]) -> pd.Da
             row[task] = scores.median() if len(scores) else float("nan")
             row[f"{task}_spread"] = (scores.max() - scores.min()) / 2 if len(scores) > 1 else float("nan")
             row[f"{task}_seeds"] = len(scores)
+            sources = mine[mine.task == task].init_from.dropna().unique()
+            row[f"{task}_init"] = ",".join(sorted(sources)) if len(sources) else None
         row["avg"] = pd.Series([row[t] for t in tasks]).mean(skipna=False)
         out.append(row)
     return pd.DataFrame(out)
 
 
-def _cell(value: float, spread: float, paper: float | None) -> str:
+def _cell(value: float, spread: float, paper: float | None, init: str | None = None) -> str:
     if pd.isna(value):
         return "–"
-    text = f"{value:.1f}" + (f"±{spread:.1f}" if not pd.isna(spread) else "")
+    text = f"{value:.1f}" + (f"±{spread:.1f}" if not pd.isna(spread) else "") + (INIT_MARK if isinstance(init, str) else "")
     return text + (f" ({paper:.1f})" if paper is not None and not pd.isna(paper) else "")
 
 
@@ -71,12 +77,22 @@ def to_markdown(summary: pd.DataFrame, tasks: list[str], paper_protocol: str, ca
     for row in summary.itertuples(index=False):
         r = row._asdict()
         ref = paper.loc[r["method"]] if r["method"] in paper.index else None
-        cells = [_cell(r[t], r[f"{t}_spread"], None if ref is None else ref[t]) for t in tasks]
+        cells = [_cell(r[t], r[f"{t}_spread"], None if ref is None else ref[t], r[f"{t}_init"]) for t in tasks]
         paper_avg = None if ref is None else pd.Series([ref[t] for t in tasks]).mean()
         params = f"{r.get('trainable', 0):,}" + (f" ({ref['params_printed']})" if ref is not None else "")
         lines.append(f"| {r['method']} | {params} | {r.get('trainable_with_head', 0):,} | " + " | ".join(cells)
                      + f" | {_cell(r['avg'], float('nan'), paper_avg)} |")
     return "\n".join(lines) + "\n"
+
+
+def init_text(summary: pd.DataFrame, tasks: list[str]) -> str:
+    """The caption's sentence on which cells started from another task's weights (empty if none)."""
+    started = [f"{row['method']} {task.upper()} from {row[f'{task}_init'].upper()}"
+               for row in summary.to_dict("records") for task in tasks if isinstance(row.get(f"{task}_init"), str)]
+    if not started:
+        return ""
+    return (f"{INIT_MARK}: the method weights start from the same method's run on another task (the paper's "
+            f"MNLI initialisation of LoRA for MRPC, RTE, STS-B): {'; '.join(started)}. ")
 
 
 def write_glue_table(experiment: str, methods: list[str], tasks: list[str], paper_protocol: str,
@@ -99,6 +115,7 @@ def write_glue_table(experiment: str, methods: list[str], tasks: list[str], pape
         f"`params`: trainable without the head (the paper's count; the paper's in parentheses), "
         f"`with head`: including the classifier (and BERT's pooler). Avg over the tasks shown (the paper's avg "
         f"recomputed over the same tasks). "
+        + init_text(summary, tasks)
         + wall_text(runs)
         + (f"; this call {wall_s / 60:.1f} min" if wall_s else "")
         + f"; {platform.machine()}, {__import__('os').cpu_count()} cores. Regenerate: `make reproduce-glue`."

@@ -1,0 +1,46 @@
+"""The GPU path: CUDA-event timing, CUDA memory statistics, fp16 (with its grad scaler) and bf16.
+
+Skipped with a reason where no GPU is visible; `make gpu-check` runs this file, and one short latency
+grid, on a machine with a GPU (the project's `device` tool lends one to some sessions).
+"""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lora_repro.bench import latency
+from lora_repro.config import compose_config, group_option
+from lora_repro.run import resolve, run
+from lora_repro.store import RunStore
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device visible: the GPU path (events, memory stats, fp16) runs in `make gpu-check` on a GPU",
+)
+
+
+def test_cuda_timer_uses_events():
+    timer = latency.make_timer(torch.device("cuda"))
+    x = torch.randn(256, 256, device="cuda")
+    assert timer(lambda: x @ x) > 0
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+def test_training_on_cuda_records_gpu_memory(precision, store_root):
+    cfg = resolve(OmegaConf.to_container(compose_config(
+        ["task=stsb", "model=tiny_bert", "method=lora", "scale=smoke", "train.device=cuda",
+         f"train.precision={precision}", f"experiment_name=cuda_{precision}"]), resolve=True))
+    record = run(cfg, RunStore(store_root))
+    memory = record["memory"]
+    assert record["status"] == "completed" and memory["device"].startswith("cuda")
+    assert 0 < memory["peak_gpu_allocated_bytes"] <= memory["peak_gpu_reserved_bytes"]
+    assert record["timing"]["train_samples_per_s"] > 0 and record["best"]["pearson"] == record["best"]["pearson"]
+
+
+def test_latency_grid_on_cuda_times_with_events():
+    grid = {**group_option("bench", "latency_smoke"), "trials": 2, "warmup": 1, "merge_check_trials": 3}
+    result = latency.run_grid(grid, torch.device("cuda"))
+    assert result.info["timer"] == "cuda_event" and result.info["cuda_timing"] == "used"
+    for variant in result.variants:
+        assert result.memory[variant.name]["peak_gpu_allocated_bytes"] > 0
+        assert all(cell["median_ms"] > 0 for cell in result.cells[variant.name])
