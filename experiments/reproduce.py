@@ -66,9 +66,11 @@ def main() -> None:
 
     if not args.table_only:
         plan = init_order(planned(methods))
+        keys = {(method_label(c), c["seed"], c["task"]["name"]): run_key(c) for c in plan}
         for number, cfg in enumerate(plan, 1):
             log.info("[%d/%d] %s %s seed %d", number, len(plan), cfg["task"]["name"], cfg["method"]["name"], cfg["seed"])
-            run(cfg)
+            source = (method_label(cfg), cfg["seed"], cfg["train"].get("init_from_task"))
+            run(cfg, init_key=keys.get(source))  # a source outside the plan: the store's latest match
     if count == 1:
         wall_s = None if args.table_only else time.perf_counter() - started
         out = results_dir() / "tables"

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lora_repro.config import group_option
 from lora_repro.methods import apply_method, count_params, load_method_state_dict
 from lora_repro.models import load_model
 from lora_repro.models.arch import is_head_param, spec_for
@@ -106,21 +107,51 @@ def weights_path(experiment: str, key: str) -> Path:
     return cache_dir() / "weights" / experiment / f"{key}.safetensors"
 
 
-def _init_from_task(model, cfg: dict, store: RunStore, source_task: str) -> str:
-    """Start the method weights (not the head) from the same experiment/method/seed run on another task."""
-    matches = [r for r in store.records(cfg["experiment_name"]) if r["task"] == source_task
-               and r["method"] == method_label(cfg) and r["seed"] == cfg["seed"] and r["status"] == "completed"]
+def init_source_key(composed: dict, explicit: dict[str, Any] | None = None) -> str | None:
+    """The key of the run a config starts from (`train.init_from_task`): the same composition (protocol,
+    method, seed) with the source task in place of its own; None when it starts from the pretrained model."""
+    source = resolve(composed, explicit)["train"].get("init_from_task")
+    if not source:
+        return None
+    other = copy.deepcopy(composed)
+    other["task"] = group_option("task", source)
+    rest = {k: v for k, v in (explicit or {}).items() if k != "train.init_from_task"}
+    return run_key(resolve(other, rest))
+
+
+def _source_record(cfg: dict, store: RunStore, source_task: str, init_key: str | None) -> dict:
+    """The source run's record: the one keyed `init_key`, else the latest completed run of this
+    experiment, method and seed on `source_task` with the same method config."""
+    experiment = cfg["experiment_name"]
+    if init_key is not None:
+        if store.exists(experiment, init_key):
+            return store.read(experiment, init_key)
+        raise ConfigError(
+            f"train.init_from_task={source_task}: the store has no {source_task} run {experiment}/{init_key} "
+            f"(the same protocol, method and seed). Fix: run task={source_task} first (the reproduce driver orders it first)."
+        )
+    matches = [r for r in store.records(experiment) if r["task"] == source_task and r["status"] == "completed"
+               and r["method"] == method_label(cfg) and r["seed"] == cfg["seed"]
+               and r["config"]["method"] == cfg["method"]]
     if not matches:
         raise ConfigError(
             f"train.init_from_task={source_task}: no completed {source_task} run of method "
-            f"{cfg['method']['name']} seed {cfg['seed']} in experiment {cfg['experiment_name']}. "
+            f"{cfg['method']['name']} seed {cfg['seed']} in experiment {experiment}. "
             f"Fix: run task={source_task} first (the reproduce driver orders it first)."
         )
-    saved = matches[-1]["checkpoint"].get("path")
+    latest = max(matches, key=lambda r: r["created_at"])
+    log.warning("init_from_task=%s: no source key given; using the latest matching run %s", source_task, latest["key"])
+    return latest
+
+
+def _init_from_task(model, cfg: dict, store: RunStore, source_task: str, init_key: str | None = None) -> str:
+    """Start the method weights (not the head) from the same protocol/method/seed run on another task."""
+    source = _source_record(cfg, store, source_task, init_key)
+    saved = source["checkpoint"].get("path")
     path = REPO_ROOT / saved if saved else None
     if path is None or not path.exists():
         raise ConfigError(
-            f"train.init_from_task={source_task}: the {source_task} run {matches[-1]['key']} "
+            f"train.init_from_task={source_task}: the {source_task} run {source['key']} "
             + (f"saved its weights to {path}, which is gone" if path else "saved no weights (train.save_weights=false)")
             + f". Fix: rerun task={source_task} with force=true train.save_weights=true."
         )
@@ -133,8 +164,12 @@ def _init_from_task(model, cfg: dict, store: RunStore, source_task: str) -> str:
     return str(path)
 
 
-def run(cfg: dict, store: RunStore | None = None) -> dict:
-    """Run one resolved config and return its record (the stored one if it already ran)."""
+def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -> dict:
+    """Run one resolved config and return its record (the stored one if it already ran).
+
+    `init_key`: the key of the run named by `train.init_from_task` (see `init_source_key`); without
+    it the latest matching run on that task is used, with a warning.
+    """
     store = store or RunStore()
     key = run_key(cfg)
     experiment = cfg["experiment_name"]
@@ -154,7 +189,7 @@ def run(cfg: dict, store: RunStore | None = None) -> dict:
     handle = apply_method(model, cfg["method"])
     init_path = None
     if train_cfg.get("init_from_task"):
-        init_path = _init_from_task(model, cfg, store, train_cfg["init_from_task"])
+        init_path = _init_from_task(model, cfg, store, train_cfg["init_from_task"], init_key)
     model.to(device)
     params = count_params(model, handle.spec)
     data = family.prepare(cfg, loaded.tokenizer, handle, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,8 @@ from omegaconf import OmegaConf
 
 from lora_repro.config import compose_config
 from lora_repro.paths import CACHE_ENV, REPO_ROOT
-from lora_repro.run import ConfigError, resolve, run
-from lora_repro.store import RunStore
+from lora_repro.run import ConfigError, init_source_key, resolve, run
+from lora_repro.store import RunStore, run_key
 
 TASKS = ["mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb"]
 
@@ -183,3 +184,48 @@ def test_init_from_a_run_without_saved_weights_names_the_fix(store_root):
         run(resolved("task=sst2", "train.init_from_task=stsb", *common), RunStore(store_root))
     with pytest.raises(ConfigError, match="no completed mrpc run"):
         run(resolved("task=sst2", "train.init_from_task=mrpc", *common), RunStore(store_root))
+
+
+def test_init_source_key_is_the_protocols_run_on_the_source_task():
+    def composed(*overrides: str) -> dict:
+        return OmegaConf.to_container(compose_config(["+experiment=glue_cpu", *overrides]), resolve=True)
+
+    stsb_lora = run_key(resolve(composed("task=stsb", "method=lora")))
+    assert init_source_key(composed("task=rte", "method=lora")) == stsb_lora
+    assert init_source_key(composed("task=rte", "method=full")) is None  # FT starts from the pretrained model
+    # an init given on the command line applies to the run, not to its source
+    explicit = {"train.init_from_task": "mrpc"}
+    assert init_source_key(composed("task=rte", "method=full"), explicit) == run_key(resolve(composed("task=mrpc", "method=full")))
+
+
+def test_init_uses_the_keyed_source_run_not_a_later_one_of_another_config(store_root, tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    store = RunStore(store_root)
+    common = ["model=tiny_bert", "method=lora", "scale=smoke", "experiment_name=init", "train.save_weights=true"]
+    wanted = run(resolved("task=stsb", "train.lr=1e-3", *common), store)
+    time.sleep(1.1)  # created_at has whole seconds
+    later = run(resolved("task=stsb", "train.lr=2e-3", *common), store)  # another protocol's source, newer
+    target = resolved("task=sst2", "train.init_from_task=stsb", *common)
+    assert wanted["key"] in run(target, store, init_key=wanted["key"])["checkpoint"]["init_from"]
+    fallback = resolved("task=sst2", "train.init_from_task=stsb", "train.lr=3e-3", *common)
+    assert later["key"] in run(fallback, store)["checkpoint"]["init_from"]  # no key: the latest match
+
+
+def test_committed_glue_cpu_runs_started_from_the_protocols_source_runs():
+    """Provenance of the committed table: each initialised run loaded its protocol's STS-B run."""
+    from experiments.reproduce import init_order
+    from lora_repro.run import method_label
+
+    protocol = OmegaConf.to_container(compose_config(["+experiment=glue_cpu"]).protocol, resolve=True)
+    plan = init_order([resolved("+experiment=glue_cpu", f"task={t}", f"method={m}")
+                       for m in protocol["methods"] for t in protocol["tasks"]])
+    keys = {(method_label(c), c["task"]["name"]): run_key(c) for c in plan}
+    store = RunStore(REPO_ROOT / "results")
+    started = 0
+    for cfg in plan:
+        source = cfg["train"].get("init_from_task")
+        if source and store.exists("glue_cpu", run_key(cfg)):
+            init_from = Path(store.read("glue_cpu", run_key(cfg))["checkpoint"]["init_from"]).stem
+            assert init_from == keys[(method_label(cfg), source)], (cfg["task"]["name"], method_label(cfg))
+            started += 1
+    assert started == 10  # five PEFT methods x (MRPC, RTE)
