@@ -128,7 +128,8 @@ def _source_record(cfg: dict, store: RunStore, source_task: str, init_key: str |
             return store.read(experiment, init_key)
         raise ConfigError(
             f"train.init_from_task={source_task}: the store has no {source_task} run {experiment}/{init_key} "
-            f"(the same protocol, method and seed). Fix: run task={source_task} first (the reproduce driver orders it first)."
+            f"(the same protocol, method and seed). Fix: run task={source_task} first "
+            "(the reproduce driver orders it first)."
         )
     matches = [r for r in store.records(experiment) if r["task"] == source_task and r["status"] == "completed"
                and r["method"] == method_label(cfg) and r["seed"] == cfg["seed"]

@@ -65,7 +65,8 @@ def summarise(runs: pd.DataFrame, methods: list[str], tasks: list[str]) -> pd.Da
 def _cell(value: float, spread: float, paper: float | None, init: str | None = None) -> str:
     if pd.isna(value):
         return "–"
-    text = f"{value:.1f}" + (f"±{spread:.1f}" if not pd.isna(spread) else "") + (INIT_MARK if isinstance(init, str) else "")
+    text = f"{value:.1f}" + (f"±{spread:.1f}" if not pd.isna(spread) else "")
+    text += INIT_MARK if isinstance(init, str) else ""
     return text + (f" ({paper:.1f})" if paper is not None and not pd.isna(paper) else "")
 
 
