@@ -56,17 +56,17 @@ def summarise(runs: pd.DataFrame, methods: list[str], tasks: list[str]) -> pd.Da
             row[f"{task}_spread"] = (scores.max() - scores.min()) / 2 if len(scores) > 1 else float("nan")
             row[f"{task}_seeds"] = len(scores)
             sources = mine[mine.task == task].init_from.dropna().unique()
-            row[f"{task}_init"] = ",".join(sorted(sources)) if len(sources) else None
+            row[f"{task}_init"] = ",".join(sorted(sources))  # "" when every run started from pretrained
         row["avg"] = pd.Series([row[t] for t in tasks]).mean(skipna=False)
         out.append(row)
     return pd.DataFrame(out)
 
 
-def _cell(value: float, spread: float, paper: float | None, init: str | None = None) -> str:
+def _cell(value: float, spread: float, paper: float | None, init: str = "") -> str:
     if pd.isna(value):
         return "–"
     text = f"{value:.1f}" + (f"±{spread:.1f}" if not pd.isna(spread) else "")
-    text += INIT_MARK if isinstance(init, str) else ""
+    text += INIT_MARK if init else ""
     return text + (f" ({paper:.1f})" if paper is not None and not pd.isna(paper) else "")
 
 
@@ -89,7 +89,7 @@ def to_markdown(summary: pd.DataFrame, tasks: list[str], paper_protocol: str, ca
 def init_text(summary: pd.DataFrame, tasks: list[str]) -> str:
     """The caption's sentence on which cells started from another task's weights (empty if none)."""
     started = [f"{row['method']} {task.upper()} from {row[f'{task}_init'].upper()}"
-               for row in summary.to_dict("records") for task in tasks if isinstance(row.get(f"{task}_init"), str)]
+               for row in summary.to_dict("records") for task in tasks if row[f"{task}_init"]]
     if not started:
         return ""
     return (f"{INIT_MARK}: the method weights start from the same method's run on another task (the paper's "

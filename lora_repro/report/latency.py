@@ -64,8 +64,8 @@ def _variant_for(frame: pd.DataFrame, kind: str, budget: str) -> str | None:
 
 CPU_PATTERN_NOTE = (
     "The CPU pattern differs from the paper's GPU pattern (numbers above): here the adapters' overhead does "
-    "not consistently shrink as batch x seq grows. A CPU forward pass is bound by compute or memory bandwidth already at batch 1, "
-    "so an adapter's extra work stays about the same share of the pass at every size; on a GPU a small batch "
+    "not consistently shrink as batch x seq grows. A CPU forward pass is bound by compute or memory "
+    "bandwidth already at batch 1, so an adapter's extra work stays about the same share of the pass at every size; on a GPU a small batch "
     "leaves the hardware idle and latency is set by the sequence of kernels, to which the adapter layers add "
     "steps that a bigger batch hides (the paper, Sec. 3: adapter layers \"have to be processed sequentially\"; "
     "the authors in LoRA issue #129: small batches need width-parallelism and adapters add depth)."
