@@ -1,8 +1,9 @@
 """`make latency`: time one forward pass of GPT-2 medium per method over batch x seq (Table 1, Fig. 5).
 
     python -m experiments.latency [--grid cpu|paper|smoke] [--device cpu|cuda|auto] [--force]
+    python -m experiments.latency --thread-noise 1 2     # which CPU thread count times quietest
 
-Grids live in conf/bench/latency_<grid>.yaml (cpu: small, ~5 min on 2 cores; paper: the paper's
+Grids live in conf/bench/latency_<grid>.yaml (cpu: small, ~15 min on 2 cores; paper: the paper's
 batch {1..32} x seq {128, 256, 512}, 100 trials, for a GPU). One record per variant goes to the
 store under experiment `latency_<device>` (`latency_<device>_<grid>` for a grid that is not the
 device's default); then results/tables/<experiment>.{md,csv} and
@@ -18,10 +19,11 @@ import sys
 import time
 import uuid
 
+import pandas as pd
 import torch
 
 from lora_repro.config import group_option
-from lora_repro.bench.latency import cell_label, make_variants, run_grid
+from lora_repro.bench.latency import cell_label, make_variants, run_grid, thread_noise
 from lora_repro.paths import results_dir
 from lora_repro.report.latency import write_latency_report
 from lora_repro.store import RunStore, new_record, run_key
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=None, help="override the grid's timed passes per cell")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="measure again even if the store has this config")
+    parser.add_argument("--thread-noise", type=int, nargs="+", metavar="N", default=None,
+                        help="instead of the grid: compare the pass noise at these CPU thread counts (batch 1 x "
+                        "seq 128, --trials rounds, default 24) to choose the grid's num_threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -84,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     grid = group_option("bench", f"latency_{grid_name}")
     if args.trials:
         grid["trials"] = args.trials
+    if args.thread_noise:
+        noise = thread_noise(grid, args.thread_noise, args.trials or 24, seed=args.seed)
+        print(pd.DataFrame.from_dict(noise, orient="index").rename_axis("threads").to_string())
+        return
     experiment = experiment_name(device, grid_name)
     store = RunStore()
     variants = make_variants(grid, group_option("model", grid["model"]))

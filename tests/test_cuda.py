@@ -38,7 +38,7 @@ def test_training_on_cuda_records_gpu_memory(precision, store_root):
 
 
 def test_latency_grid_on_cuda_times_with_events():
-    grid = {**group_option("bench", "latency_smoke"), "trials": 2, "warmup": 1, "merge_check_trials": 3}
+    grid = {**group_option("bench", "latency_smoke"), "trials": 2, "warmup": 1, "check_trials": 3}
     result = latency.run_grid(grid, torch.device("cuda"))
     assert result.info["timer"] == "cuda_event" and result.info["cuda_timing"] == "used"
     for variant in result.variants:

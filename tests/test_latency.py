@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lora_repro.bench import latency
+from lora_repro.bench import latency, stats
 from lora_repro.config import group_option
 from lora_repro.methods import lora
 from lora_repro.report import latency as report
@@ -84,10 +84,10 @@ def test_merged_with_zero_delta_reproduces_the_base_outputs(base):
 
 
 def test_run_grid_records_timings_memory_and_environment():
-    result = latency.run_grid(tiny_grid(merge_check_trials=3), torch.device("cpu"))
+    result = latency.run_grid(tiny_grid(check_trials=3), torch.device("cpu"))
     names = [v.name for v in result.variants]
     assert names[0] == "base"
-    check = {"base", "base_copy", "lora_merged", "merged_zero"}  # the merge check's variants get more passes
+    check = {"base", "base_copy", "lora_merged", "merged_zero", "adapter_h_large", "adapter_l_large"}  # the checks' variants
     for variant in result.variants:
         cells = result.cells[variant.name]
         expected = [(1, 8), (2, 8)] if variant.cells is None else [(1, 8)]
@@ -115,6 +115,28 @@ def test_summary_statistics_and_paired_overhead():
     assert stats["iqr_ms"] == pytest.approx(1.5)
     assert stats["overhead_pct"] == pytest.approx(15.0)
     assert stats["overhead_pct_paired"] == pytest.approx(15.0)
+    assert stats["overhead_pct_paired_ci"] == pytest.approx([0.0, 30.0])  # n=4: (min, max)
+
+
+def test_median_interval_is_the_binomial_order_statistics():
+    assert stats.median_ci(range(16)) == (3, 12)  # coverage 1 - 2 P(Bin(16, .5) <= 3) = 0.979
+    assert stats.median_ci(range(30)) == (9, 20)  # 0.957; one step narrower would cover 0.901
+    assert stats.median_ci([5.0]) == (5.0, 5.0)
+    with pytest.raises(ValueError):
+        stats.median_ci([])
+    spread = stats.Paired.of([1.0, 1.02, 0.99, 1.05, 0.97, 1.01], [1.0] * 8)  # rounds past the shorter unpaired
+    assert (spread.n, spread.low, spread.high) == (6, 0.97, 1.05)
+    assert spread.above(1.0) == (True, False)  # median 1.005 > 1, but the interval reaches below
+    assert spread.within(0.99, 1.01) == (True, False)
+    assert stats.Paired.of([1.1] * 6, [1.0] * 6).within(0.99, 1.01) == (False, True)
+
+
+def test_thread_noise_compares_identical_models_per_thread_count():
+    noise = latency.thread_noise(tiny_grid(), [1, 2], rounds=3, cell=(1, 8))
+    assert set(noise) == {1, 2}
+    for row in noise.values():
+        assert row["base_median_ms"] > 0 and row["base_iqr_pct"] >= 0 and row["copy_base_iqr_pct"] >= 0
+        assert row["copy_base_low"] <= row["copy_base_paired"] <= row["copy_base_high"]
 
 
 def test_cpu_timer_measures_the_call():
@@ -123,38 +145,71 @@ def test_cpu_timer_measures_the_call():
 
 
 def _frame(rows):
-    return pd.DataFrame(rows, columns=["variant", "kind", "bottleneck", "budget", "method_params", "batch", "seq",
-                                       "median_ms", "iqr_ms", "overhead_pct"])
+    """Report rows from (variant, kind, bottleneck, budget, batch, seq, per-round ratios to a 10 ms base)."""
+    out = []
+    for variant, kind, bottleneck, budget, batch, seq, ratios in rows:
+        times = [10.0 * r for r in ratios]
+        out.append({"variant": variant, "kind": kind, "bottleneck": bottleneck, "budget": budget,
+                    "method_params": 300, "total_params": 10_000, "batch": batch, "seq": seq,
+                    "median_ms": float(pd.Series(times).median()), "iqr_ms": 0.1,
+                    "overhead_pct_paired": 100 * (float(pd.Series(ratios).median()) - 1), "times_ms": times})
+    return pd.DataFrame(out)
+
+
+def _cell_rows(batch, seq, h, lo, merged, n=6):
+    """base, merged LoRA and one H / L pair at r=10 with constant per-round ratios (a noiseless run)."""
+    return [("base", "base", None, None, batch, seq, [1.0] * n),
+            ("lora_merged", "lora_merged", None, None, batch, seq, [1 + merged / 100] * n),
+            ("adapter_h_b10", "adapter_h", 10, None, batch, seq, [1 + h / 100] * n),
+            ("adapter_l_b10", "adapter_l", 10, None, batch, seq, [1 + lo / 100] * n)]
 
 
 def test_checks_report_each_acceptance_criterion_with_numbers():
-    rows = []
-    for batch, seq, h, lo, merged in [(1, 128, 30.0, 20.0, 0.3), (4, 256, 5.0, 3.0, -0.2)]:
-        rows += [
-            ("base", "base", None, None, 0, batch, seq, 10.0, 0.1, None),
-            ("lora_merged", "lora_merged", None, None, 0, batch, seq, 10.0, 0.1, merged),
-            ("adapter_h_b10", "adapter_h", 10, None, 1, batch, seq, 13.0, 0.1, h),
-            ("adapter_l_b10", "adapter_l", 10, None, 1, batch, seq, 12.0, 0.1, lo),
-        ]
+    rows = _cell_rows(1, 128, 30.0, 20.0, 0.3) + _cell_rows(4, 256, 5.0, 3.0, -0.2)
     checks = {c["check"].split(" (")[0]: c for c in report.checks(_frame(rows))}
-    assert all(c["passed"] for c in checks.values()), checks
     assert len(checks) == 3
-    rows[2] = ("adapter_h_b10", "adapter_h", 10, None, 1, 1, 128, 11.0, 0.1, 10.0)  # H below L at bs1/128
+    assert all(c["passed"] and c["resolved"] for c in checks.values()), checks
+    assert all(report.result_text(c) == "met" for c in checks.values())
+    rows[2] = ("adapter_h_b10", "adapter_h", 10, None, 1, 128, [1.10] * 6)  # H below L at bs1/128
     failed = [c for c in report.checks(_frame(rows)) if not c["passed"]]
     assert [c["check"] for c in failed] == ["Adapter^H overhead > Adapter^L overhead > 0 at batch 1, seq 128"]
-    assert "H +10.0 %, L +20.0 %" in failed[0]["numbers"]
-    assert report.pattern_note(report.checks(_frame(rows)), "cpu") == []  # the shrink check passed
+    assert "H +10.0 % [+10.0, +10.0], L +20.0 % [+20.0, +20.0], H / L -8.3 %" in failed[0]["numbers"]
+    assert failed[0]["resolved"] and report.result_text(failed[0]) == "NOT met"
+    results = report.checks(_frame(rows))
+    lines = report.notes(results, _frame(rows), "cpu")
+    assert not any("shrank" in line for line in lines)  # the shrink check passed
+    assert len(lines) == 2 and "r=10: H 3.00 %, L 3.00 %" in lines[1]  # the order missed: the arithmetic note
+    assert report.notes(results, _frame(rows), "cuda") == []
 
 
-def test_a_cpu_that_misses_the_shrinking_pattern_says_why():
+def test_a_check_inside_the_noise_says_so():
+    noisy = [1.004, 0.985, 1.02, 1.003, 0.995, 1.006]  # median within ± 1 %, interval (min, max) is not
+    rows = [r if r[0] != "lora_merged" else (*r[:6], noisy) for r in _cell_rows(1, 128, 30.0, 20.0, 0.0)]
+    merge = report.checks(_frame(rows))[0]
+    assert merge["passed"] and not merge["resolved"]
+    assert report.result_text(merge) == "met (within noise: a 95 % interval spans the bound)"
+    assert "bs1 seq128: 1.0035 [0.9850, 1.0200]" in merge["numbers"]
+
+
+def test_a_cpu_that_misses_the_gpu_pattern_says_why():
     rows = []
     for batch, seq, h in [(1, 128, 5.0), (4, 256, 6.0)]:  # overhead grows with the work: not the paper's pattern
-        rows += [("base", "base", None, None, 0, batch, seq, 10.0, 0.1, None),
-                 ("adapter_h_b10", "adapter_h", 10, None, 1, batch, seq, 10.5, 0.1, h)]
-    results = report.checks(_frame(rows))
+        rows += [("base", "base", None, None, batch, seq, [1.0] * 6),
+                 ("adapter_h_b10", "adapter_h", 10, None, batch, seq, [1 + h / 100] * 6)]
+    same = [1.03, 1.02, 1.04, 1.03, 1.03, 1.02]  # Table 1 budget: H and L the same time, round by round
+    rows += [("adapter_h_11M", "adapter_h", 111, "11M", 1, 128, same),
+             ("adapter_l_11M", "adapter_l", 222, "11M", 1, 128, same[1:] + same[:1])]
+    frame = _frame(rows)
+    results = report.checks(frame)
     assert not next(c for c in results if c["check"].startswith("overhead shrinks"))["passed"]
-    assert report.pattern_note(results, "cpu") == ["", report.CPU_PATTERN_NOTE]
-    assert report.pattern_note(results, "cuda") == []  # on a GPU a miss is a finding, not explained away
+    order = next(c for c in results if c["check"].startswith("Adapter^H"))
+    assert not order["resolved"] and "|Θ|=11M (r_H=111, r_L=222)" in order["numbers"]
+    lines = report.notes(results, frame, "cpu")
+    assert ("The CPU pattern differs from the paper's GPU pattern: from the smallest to the largest cell the "
+            "overhead shrank for no adapter but not for adapter_h_b10. " + report.SHRINK_REASON) in lines
+    assert any(line.startswith("On a CPU an adapter costs its arithmetic") and "|Θ|=11M (r_H=111, r_L=222): "
+               "H 3.00 %, L 3.00 %" in line for line in lines)
+    assert report.notes(results, frame, "cuda") == []  # on a GPU a miss is a finding, not explained away
 
 
 def test_latency_entry_point_writes_records_tables_and_heatmap(store_root, monkeypatch):

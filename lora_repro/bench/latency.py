@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from lora_repro.bench.stats import Paired
 from lora_repro.config import group_option
 from lora_repro.methods import apply_method, count_params, lora
 from lora_repro.models.tiny import build_tokenizer, tiny_config
@@ -166,7 +167,7 @@ def bottleneck_for_budget(model_cfg: Mapping[str, Any], method: str, target: int
 
 def make_variants(grid: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> list[Variant]:
     lora_cfg = {**group_option("method", "lora"), **grid.get("lora", {})}
-    check = grid.get("merge_check_trials")  # more passes for the 1.00 ± 0.01 check's four variants
+    check = grid.get("check_trials")  # more passes for the variants the acceptance checks compare
     variants = [
         Variant("base", "base", trials=check),
         Variant("base_copy", "base_copy", trials=check),
@@ -187,7 +188,7 @@ def make_variants(grid: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> list
         for method in ("adapter_l", "adapter_h"):
             r, _ = bottleneck_for_budget(model_cfg, method, int(target))
             variants.append(Variant(f"{method}_{label}", method, {**group_option("method", method), "bottleneck": r},
-                                    bottleneck=r, budget=label, cells=cells))
+                                    bottleneck=r, budget=label, cells=cells, trials=check))
     return variants
 
 
@@ -225,7 +226,11 @@ def make_timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
 
 
 def summarise(times_s: list[float], base_s: list[float] | None = None) -> dict[str, Any]:
-    """Median, mean, std, quartiles in ms; overhead vs base as ratio of medians and median paired ratio."""
+    """Median, mean, std, quartiles in ms; overhead vs base as ratio of medians and median paired ratio.
+
+    The paired ratio divides each pass by the base's pass of the same round, so drift that hits a
+    whole round cancels; its 95 % interval (`stats.median_ci`) says how well the run resolves it.
+    """
     ms = sorted(t * 1000 for t in times_s)
     q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
     out: dict[str, Any] = {
@@ -242,8 +247,9 @@ def summarise(times_s: list[float], base_s: list[float] | None = None) -> dict[s
         base_s = base_s[: len(times_s)]  # the base's passes from the same rounds (it may run more)
         out["overhead_pct"] = round(100 * (statistics.median(times_s) / statistics.median(base_s) - 1), 3)
         out["overhead_pct_mean"] = round(100 * (statistics.fmean(times_s) / statistics.fmean(base_s) - 1), 3)
-        paired = [a / b for a, b in zip(times_s, base_s)]
-        out["overhead_pct_paired"] = round(100 * (statistics.median(paired) - 1), 3)
+        paired = Paired.of(times_s, base_s)
+        out["overhead_pct_paired"] = round(100 * (paired.median - 1), 3)
+        out["overhead_pct_paired_ci"] = [round(100 * (paired.low - 1), 3), round(100 * (paired.high - 1), 3)]
     return out
 
 
@@ -268,7 +274,7 @@ def measure(
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """Time a forward pass of every variant at every cell it runs at; variants interleaved per trial.
 
-    A variant with its own `trials` (the merge check's) takes part in that many rounds, the others in
+    A variant with its own `trials` (the checks' variants) takes part in that many rounds, the others in
     `trials`; paired ratios pair round i with the base's round i.
     """
     variants = list(variants)
@@ -369,6 +375,42 @@ def run_grid(grid: Mapping[str, Any], device: torch.device, seed: int = 0) -> La
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
     return LatencyResult(variants, counts, cell_results, info, memory)
+
+
+def thread_noise(grid: Mapping[str, Any], threads: Iterable[int], rounds: int, cell: tuple[int, int] = (1, 128),
+                 seed: int = 0) -> dict[int, dict[str, float]]:
+    """How noisy a pass is at each CPU thread count: the base and a second instance of it, per round.
+
+    The thread counts alternate round by round (and their order flips) so load drift hits them alike.
+    Per count: the base's median pass and IQR / median, and the paired ratio copy / base with its
+    interval and IQR, the noise floor a check at that count would face. Used to pick `num_threads`.
+    """
+    threads = list(threads)
+    model_cfg = group_option("model", grid["model"])
+    base = build_base(model_cfg, torch.device("cpu"), DTYPES[grid.get("dtype", "float32")], seed)
+    models = {"base": base, "copy": shared_copy(base).eval()}
+    ids = torch.randint(0, base.config.vocab_size, cell, generator=torch.Generator().manual_seed(seed))
+    timer = make_timer(torch.device("cpu"))
+    times = {n: {"base": [], "copy": []} for n in threads}
+    with torch.inference_mode():
+        for trial in range(rounds + 1):  # round 0 warms every thread count up, untimed
+            for n in threads if trial % 2 else threads[::-1]:
+                torch.set_num_threads(n)
+                for name in ("base", "copy") if trial % 2 else ("copy", "base"):
+                    elapsed = timer(lambda: models[name](input_ids=ids, use_cache=False))
+                    if trial:
+                        times[n][name].append(elapsed)
+    out = {}
+    for n, t in times.items():
+        base_stats = summarise(t["base"])
+        ratios = [a / b for a, b in zip(t["copy"], t["base"])]
+        q = statistics.quantiles(ratios, n=4, method="inclusive")
+        paired = Paired.of(t["copy"], t["base"])
+        out[n] = {"base_median_ms": base_stats["median_ms"],
+                  "base_iqr_pct": round(100 * base_stats["iqr_ms"] / base_stats["median_ms"], 2),
+                  "copy_base_paired": round(paired.median, 4), "copy_base_low": round(paired.low, 4),
+                  "copy_base_high": round(paired.high, 4), "copy_base_iqr_pct": round(100 * (q[2] - q[0]), 2)}
+    return out
 
 
 def same_graph(a: nn.Module, b: nn.Module) -> bool:
