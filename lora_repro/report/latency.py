@@ -179,8 +179,9 @@ def order_check(frame: pd.DataFrame) -> dict[str, Any] | None:
         return None
     outcomes, parts = [], []
     for label, h, lo in pairs:
-        h_base, lo_base, h_lo = (paired(frame, h.variant, "base", batch, seq),
-                                 paired(frame, lo.variant, "base", batch, seq), paired(frame, h.variant, lo.variant, batch, seq))
+        h_base = paired(frame, h.variant, "base", batch, seq)
+        lo_base = paired(frame, lo.variant, "base", batch, seq)
+        h_lo = paired(frame, h.variant, lo.variant, batch, seq)
         h_above_l = h_base.median > lo_base.median  # the overheads as the table shows them; H / L says if resolved
         outcomes += [(h_above_l, h_lo.low > 1 if h_above_l else h_lo.high <= 1), lo_base.above(1.0)]
         parts.append(f"{label}: H {h_base.pct()}, L {lo_base.pct()}, H / L {h_lo.pct()}")
