@@ -192,6 +192,13 @@ def make_variants(grid: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> list
     return variants
 
 
+def check_cells(grid: Mapping[str, Any]) -> dict[tuple[int, int], int]:
+    """Table 1's measured cells, where every variant gets `check_trials` rounds (the ordering check's cell)."""
+    if not grid.get("check_trials"):
+        return {}
+    return {(int(b), int(s)): int(grid["check_trials"]) for b, s in grid.get("table1_cells_measured", [])}
+
+
 def grid_cells(grid: Mapping[str, Any]) -> list[tuple[int, int]]:
     """(batch, seq) cells: the grid's product plus any measured Table 1 cell, smallest work first."""
     cells = {(int(b), int(s)) for b in grid["batch_sizes"] for s in grid["seq_lengths"]}
@@ -271,20 +278,26 @@ def measure(
     warmup: int,
     trials: int,
     seed: int = 0,
+    cell_trials: Mapping[tuple[int, int], int] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """Time a forward pass of every variant at every cell it runs at; variants interleaved per trial.
 
-    A variant with its own `trials` (the checks' variants) takes part in that many rounds, the others in
-    `trials`; paired ratios pair round i with the base's round i.
+    A variant with its own `trials` (the merge check's and Table 1's adapters) takes part in that many
+    rounds; at a cell of `cell_trials` (Table 1's, where the adapter ordering is checked) every variant
+    takes part in that cell's count; elsewhere in `trials`. Paired ratios pair round i with the base's.
     """
     variants = list(variants)
-    rounds = {v.name: v.trials or trials for v in variants}
+    cell_trials = {tuple(c): n for c, n in (cell_trials or {}).items()}
+
+    def rounds(v: Variant, cell: tuple[int, int]) -> int:
+        return v.trials or cell_trials.get(tuple(cell), trials)
+
     timer = make_timer(device)
     results: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     peak_gpu: dict[str, int] = {v.name: 0 for v in variants}
     cells = list(cells)
     generator = torch.Generator().manual_seed(seed)
-    progress = tqdm(total=sum((warmup + rounds[v.name]) * v.runs_at(c) for v in variants for c in cells),
+    progress = tqdm(total=sum((warmup + rounds(v, c)) * v.runs_at(c) for v in variants for c in cells),
                     desc="forward passes", mininterval=5.0)
     with torch.inference_mode():
         for batch, seq in cells:
@@ -300,10 +313,10 @@ def measure(
                 for v in active:
                     timer(lambda: forward(v.name))
                     progress.update()
-            for trial in range(max(rounds[v.name] for v in active)):
+            for trial in range(max(rounds(v, (batch, seq)) for v in active)):
                 shift = trial % len(active)
                 for v in active[shift:] + active[:shift]:
-                    if trial >= rounds[v.name]:
+                    if trial >= rounds(v, (batch, seq)):
                         continue
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
@@ -343,7 +356,7 @@ def run_grid(grid: Mapping[str, Any], device: torch.device, seed: int = 0) -> La
     build_s = time.perf_counter() - started
     log.info("built %d variants in %.1f s: %s", len(variants), build_s, [v.name for v in variants])
     cell_results, peak_gpu = measure(models, variants, cells, base.config.vocab_size, device,
-                                     int(grid["warmup"]), int(grid["trials"]), seed)
+                                     int(grid["warmup"]), int(grid["trials"]), seed, check_cells(grid))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     memory = {}
     for variant in variants:

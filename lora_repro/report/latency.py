@@ -282,8 +282,8 @@ def to_markdown(frame: pd.DataFrame, info: dict[str, Any], experiment: str, figu
         f"Timer: {info.get('timer')}"
         + ("" if info.get("cuda_timing") == "used" else f" ({info.get('cuda_timing')})")
         + f". Per cell: {grid.get('warmup')} warm-up pass(es), then {grid.get('trials')} timed passes per variant"
-        + (f" ({grid['check_trials']} for the variants the checks compare: base, base_copy, lora_merged, "
-           "merged_zero and the Table 1 adapters)" if grid.get("check_trials") else "")
+        + (f" ({grid['check_trials']} for the merge check's base, base_copy, lora_merged and merged_zero in every "
+           "cell, and for every variant in the measured Table 1 cells)" if grid.get("check_trials") else "")
         + ", variants interleaved in a rotating order; every variant was built once and shares the base weights. "
         "ms = median (IQR); overhead = median over rounds of (variant pass / base pass of the same round) - 1, "
         "with a distribution-free 95 % interval for that median in the checks (the CSV also has the ratio of "
