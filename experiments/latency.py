@@ -3,7 +3,7 @@
     python -m experiments.latency [--grid cpu|paper|smoke] [--device cpu|cuda|auto] [--force]
     python -m experiments.latency --thread-noise 1 2     # which CPU thread count times quietest
 
-Grids live in conf/bench/latency_<grid>.yaml (cpu: small, ~15 min on 2 cores; paper: the paper's
+Grids live in conf/bench/latency_<grid>.yaml (cpu: small, ~35 min on 2 cores; paper: the paper's
 batch {1..32} x seq {128, 256, 512}, 100 trials, for a GPU). One record per variant goes to the
 store under experiment `latency_<device>` (`latency_<device>_<grid>` for a grid that is not the
 device's default); then results/tables/<experiment>.{md,csv} and
