@@ -55,6 +55,8 @@ def test_infer_job_compares_merged_and_base(tiny_spec):
     assert result["merged_same_graph_as_base"] and result["merged_matches_unmerged"]
     assert set(result["ratio_total"]) == {"merged", "unmerged"} and result["ratio_total"]["merged"] > 0
     assert result["batches_timed"] == 3
+    low, high = result["ratio_paired_interval"]["merged"]
+    assert low <= result["ratio_paired_median"]["merged"] <= high
 
 
 @pytest.mark.slow
@@ -84,8 +86,10 @@ def test_summary_ratios_and_markdown():
     assert summary["ours"]["throughput_ratio"] == pytest.approx(2.0)
     assert summary["ours"]["memory_ratio"] == pytest.approx(0.9)
     infer = {"ratio_total": {"merged": 1.002, "unmerged": 1.05}, "ratio_paired_median": {"merged": 1.0, "unmerged": 1.05},
+             "ratio_paired_interval": {"merged": [0.995, 1.004], "unmerged": [1.04, 1.06]},
              "ms_median": {"base": 1.0, "merged": 1.0, "unmerged": 1.05}, "ms_total": {"base": 10, "merged": 10, "unmerged": 11},
              "batches_timed": 10, "merged_same_graph_as_base": True, "merged_matches_unmerged": True}
     text = report.to_markdown(summary, results, infer, {}, peer.JobSpec(), "python -m experiments.bench_peer", 60.0)
     assert text.count("| met |") == 3
     assert "0.500" in text and "python -m experiments.bench_peer" in text
+    assert "paired median 1.0000 [95 %: 0.9950, 1.0040]" in text

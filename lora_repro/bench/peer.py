@@ -39,6 +39,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lora_repro.bench.stats import Paired
+
 JOBS = ("ours", "peft", "ours_nogroup", "peft_grouped", "infer")
 RESULT_PREFIX = "BENCH_RESULT "
 
@@ -352,13 +354,14 @@ def job_infer(spec: JobSpec) -> dict[str, Any]:
                 started = time.perf_counter()
                 models[name](**batch)
                 times[name].append(time.perf_counter() - started)
-    paired = {name: statistics.median(a / b for a, b in zip(times[name], times["base"])) for name in ("merged", "unmerged")}
+    paired = {name: Paired.of(times[name], times["base"]) for name in ("merged", "unmerged")}
     return {
         "batches_timed": len(times["base"]),
         "ms_median": {name: 1000 * statistics.median(t) for name, t in times.items()},
         "ms_total": {name: 1000 * sum(t) for name, t in times.items()},
         "ratio_total": {name: sum(times[name]) / sum(times["base"]) for name in ("merged", "unmerged")},
-        "ratio_paired_median": paired,
+        "ratio_paired_median": {name: p.median for name, p in paired.items()},
+        "ratio_paired_interval": {name: [p.low, p.high] for name, p in paired.items()},  # 95 %, distribution-free
         "merged_same_graph_as_base": same_graph(merged, base),
         "merged_matches_unmerged": bool(same),
     }

@@ -106,8 +106,11 @@ def to_markdown(summary: dict, results: list[dict], infer: dict | None, profiles
                      f"{'met' if ours['memory_ratio'] <= MEMORY_TARGET else 'NOT met'} |")
     if infer:
         merged = infer["ratio_total"]["merged"]
+        interval = infer.get("ratio_paired_interval", {}).get("merged")
+        paired = f"{infer['ratio_paired_median']['merged']:.4f}" + (
+            f" [95 %: {interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
         lines.append(f"| inference merged / base = 1.00 ± {INFER_TOLERANCE:.2f} | {merged:.4f} (paired median "
-                     f"{infer['ratio_paired_median']['merged']:.4f}); unmerged / base {infer['ratio_total']['unmerged']:.4f} | "
+                     f"{paired}); unmerged / base {infer['ratio_total']['unmerged']:.4f} | "
                      f"{'met' if abs(merged - 1) <= INFER_TOLERANCE else 'NOT met'} |")
     lines += ["", "## Rounds", "", "| round | job | step ms | samples/s | peak RSS MiB | job wall s |", "|---|---|---|---|---|---|"]
     for r in results:
