@@ -133,8 +133,9 @@ def test_median_interval_is_the_binomial_order_statistics():
 
 
 def test_thread_noise_compares_identical_models_per_thread_count():
+    before = torch.get_num_threads()
     noise = latency.thread_noise(tiny_grid(), [1, 2], rounds=3, cell=(1, 8))
-    assert set(noise) == {1, 2}
+    assert set(noise) == {1, 2} and torch.get_num_threads() == before
     for row in noise.values():
         assert row["base_median_ms"] > 0 and row["base_iqr_pct"] >= 0 and row["copy_base_iqr_pct"] >= 0
         assert row["copy_base_low"] <= row["copy_base_paired"] <= row["copy_base_high"]

@@ -405,19 +405,22 @@ def thread_noise(grid: Mapping[str, Any], threads: Iterable[int], rounds: int, c
     ids = torch.randint(0, base.config.vocab_size, cell, generator=torch.Generator().manual_seed(seed))
     timer = make_timer(torch.device("cpu"))
     times = {n: {"base": [], "copy": []} for n in threads}
-    with torch.inference_mode():
-        for trial in range(rounds + 1):  # round 0 warms every thread count up, untimed
-            for n in threads if trial % 2 else threads[::-1]:
-                torch.set_num_threads(n)
-                for name in ("base", "copy") if trial % 2 else ("copy", "base"):
-                    elapsed = timer(lambda: models[name](input_ids=ids, use_cache=False))
-                    if trial:
-                        times[n][name].append(elapsed)
+    before = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            for trial in range(rounds + 1):  # round 0 warms every thread count up, untimed
+                for n in threads if trial % 2 else threads[::-1]:
+                    torch.set_num_threads(n)
+                    for name in ("base", "copy") if trial % 2 else ("copy", "base"):
+                        elapsed = timer(lambda: models[name](input_ids=ids, use_cache=False))
+                        if trial:
+                            times[n][name].append(elapsed)
+    finally:
+        torch.set_num_threads(before)
     out = {}
     for n, t in times.items():
         base_stats = summarise(t["base"])
-        ratios = [a / b for a, b in zip(t["copy"], t["base"])]
-        q = statistics.quantiles(ratios, n=4, method="inclusive")
+        q = statistics.quantiles([a / b for a, b in zip(t["copy"], t["base"])], n=4, method="inclusive")
         paired = Paired.of(t["copy"], t["base"])
         out[n] = {"base_median_ms": base_stats["median_ms"],
                   "base_iqr_pct": round(100 * base_stats["iqr_ms"] / base_stats["median_ms"], 2),
