@@ -8,7 +8,8 @@ batch {1..32} x seq {128, 256, 512}, 100 trials, for a GPU). One record per vari
 store under experiment `latency_<device>` (`latency_<device>_<grid>` for a grid that is not the
 device's default); then results/tables/<experiment>.{md,csv} and
 results/figures/latency_heatmap_<device>.png are written from the store. A rerun of the same
-config is skipped (tables rewritten from the store) unless --force.
+config is skipped (tables rewritten from the store) unless --force, which replaces that config's
+records (earlier runs of it live on in git history only).
 """
 
 from __future__ import annotations
