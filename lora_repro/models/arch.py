@@ -154,3 +154,15 @@ def is_head_param(name: str, spec: ArchSpec) -> bool:
 def hidden_size(model: nn.Module) -> int:
     config = model.config
     return getattr(config, "hidden_size", None) or config.n_embd
+
+
+def replace_module(root: nn.Module, path: str, wrap) -> nn.Module:
+    """Put ``wrap(current)`` in place of the submodule at dotted ``path`` under ``root``; return it.
+
+    The one way methods insert modules (LoRA layers, adapters), so every method wraps the same way.
+    """
+    parent_path, _, child = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    new = wrap(getattr(parent, child))
+    setattr(parent, child, new)
+    return new
