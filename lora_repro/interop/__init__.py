@@ -1,0 +1,1 @@
+"""Interoperation with the Hugging Face ecosystem: the suite's LoRA layers to and from PEFT adapters."""
