@@ -229,5 +229,7 @@ def test_apply_is_a_method_registry_entry(tmp_path, monkeypatch):
     lora_count = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
     assert counts["trainable_params"] == lora_count > 0
     assert counts["trainable_params_with_head"] > lora_count  # the classifier trains on, as with method=lora
+    model.train()(**batch(), labels=torch.tensor([0, 1])).loss.backward()  # and training on from it works
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in model.parameters() if p.requires_grad)
     with pytest.raises(AdapterError, match=r"method\.path"):
         interop_peft.apply(tiny("roberta").model, handle.spec, {"name": "peft_adapter"})

@@ -41,7 +41,10 @@ def find_record(ref: str, store: RunStore | None = None) -> dict[str, Any]:
     if len(ref) != RUN_KEY_LENGTH:
         raise AdapterError(f"{ref!r} is neither a record .json path nor a {RUN_KEY_LENGTH}-hex run key; fix: pass "
                            "results/runs/<experiment>/<key>.json or its key")
-    matches = [record for record in store.records() if record["key"] == ref]
+    try:
+        matches = [record for record in store.records() if record["key"] == ref]
+    except ValueError as err:  # a damaged record elsewhere in the store
+        raise AdapterError(f"cannot search {store.root / 'runs'}: {str(err).splitlines()[0]}") from err
     if not matches:
         raise AdapterError(f"no run with key {ref} in {store.root / 'runs'}; fix: check the key "
                            "(ls results/runs/*/) or pass the record's path")
