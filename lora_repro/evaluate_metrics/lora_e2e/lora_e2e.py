@@ -6,9 +6,9 @@ official scorer's ``-p`` Python mode or its Perl mode; METEOR, ROUGE-L and CIDEr
 pycocoevalcap's jars), so numbers from either path are the same; this file only adapts its interface.
 """
 
-import datasets
 import evaluate
 
+from lora_repro.evaluate_metrics import metric_info
 from lora_repro.metrics.e2e import score_e2e
 
 _DESCRIPTION = """BLEU, NIST, METEOR, ROUGE_L and CIDEr exactly as the official E2E scorer
@@ -41,14 +41,7 @@ class LoraE2e(evaluate.Metric):
     """Corpus-level E2E scores over everything added (``add``/``add_batch``/``compute``)."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Sequence(datasets.Value("string"))}),
-            reference_urls=["https://github.com/tuetschek/e2e-metrics"],
-        )
+        return metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, ["https://github.com/tuetschek/e2e-metrics"])
 
     def _compute(self, predictions, references, mode: str = "python") -> dict[str, float]:
         return score_e2e(references, predictions, mode=mode)

@@ -6,9 +6,9 @@ and DART runs use (multi-bleu-detok BLEU, METEOR 1.5, pyter3 TER on nltk 3.5 tok
 from either path are the same; this file only adapts its interface.
 """
 
-import datasets
 import evaluate
 
+from lora_repro.evaluate_metrics import metric_info
 from lora_repro.metrics.webnlg import score_generation
 
 _DESCRIPTION = """BLEU (0-100, Moses multi-bleu-detok.perl), METEOR 1.5 and TER (pyter3, 0-1) exactly
@@ -43,14 +43,7 @@ class LoraGenerationeval(evaluate.Metric):
     """Corpus-level GenerationEval scores over everything added."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Sequence(datasets.Value("string"))}),
-            reference_urls=["https://github.com/WebNLG/GenerationEval"],
-        )
+        return metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, ["https://github.com/WebNLG/GenerationEval"])
 
     def _compute(self, predictions, references, num_refs: int | None = None) -> dict[str, float]:
         return score_generation(references, predictions, num_refs)

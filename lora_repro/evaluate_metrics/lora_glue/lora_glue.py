@@ -5,10 +5,10 @@ scores come from :func:`lora_repro.metrics.glue.compute_metrics`, the function t
 GLUE runs use, so numbers from either path are the same; this file only adapts its interface.
 """
 
-import datasets
 import evaluate
 
 from lora_repro.data.glue import TASKS, get_task
+from lora_repro.evaluate_metrics import metric_info
 from lora_repro.metrics.glue import compute_metrics
 
 _DESCRIPTION = """GLUE dev-set scores named and chosen as the LoRA paper reports them: accuracy for
@@ -45,14 +45,8 @@ class LoraGlue(evaluate.Metric):
             raise KeyError(f"config name {self.config_name!r} is not a GLUE task; load the module with "
                            f"one of: {', '.join(TASKS)} (e.g. evaluate.load(path, 'mrpc'))")
         value = "float32" if get_task(self.config_name).is_regression else "int64"
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value(value),
-                                        "references": datasets.Value(value)}),
-            reference_urls=["https://gluebenchmark.com/", "https://arxiv.org/abs/2106.09685"],
-        )
+        return metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
+                           ["https://gluebenchmark.com/", "https://arxiv.org/abs/2106.09685"], value)
 
     def _compute(self, predictions, references) -> dict[str, float]:
         return compute_metrics(self.config_name, predictions, references)
