@@ -11,12 +11,12 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import write_text as _write
 
 from lora_repro import paths
 from lora_repro.metrics import coco, e2e
 from lora_repro.metrics.bleu_nist import bleu_nist, mteval_tokenize
 from lora_repro.metrics.e2e import read_e2e_files, score_e2e
-from helpers import write_text as _write
 
 # Like the data mirror, the fixtures live in ../shared beside the checkout (CI has it there too).
 FIXTURES = paths.REPO_ROOT.parent / "shared" / "fixtures" / "e2e_metrics"
@@ -137,7 +137,7 @@ def test_count_mismatch_names_both_files_and_counts(tmp_path: Path) -> None:
 
 def test_empty_hypothesis_file_and_double_blank_lines(tmp_path: Path) -> None:
     ref = _write(tmp_path, "r.txt", "a\n\nb\n")
-    with pytest.raises(ValueError, match="hypothesis file .* is empty"):
+    with pytest.raises(ValueError, match=r"hypothesis file .* is empty"):
         read_e2e_files(ref, _write(tmp_path, "h.txt", "\n \n"))
     with pytest.raises(ValueError, match="line 3 is blank"):
         read_e2e_files(_write(tmp_path, "r2.txt", "a\n\n\nb\n"),

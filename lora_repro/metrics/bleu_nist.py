@@ -38,6 +38,9 @@ _ENTITIES = (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">"))
 # Perl's \s on character strings; Python's \s also matches \x1c-\x1f, which Perl's does not.
 _PERL_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _PERL_SPACES = re.compile(f"[{_PERL_SPACE}]+")
+# Perl's \s on byte strings (a script that never decodes its input): ASCII whitespace only, so the
+# UTF-8 bytes of a no-break space (C2 A0) or U+2028 (E2 80 A8) stay inside their token.
+_PERL_BYTE_SPACES = re.compile("[\t\n\x0b\x0c\r ]+")
 _PY_SPACES = re.compile(r"\s+")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -46,13 +49,15 @@ _NIST_ORDER = 5
 _BLEU_TINY, _BLEU_SMALL = 1e-15, 1e-9  # pymteval's floors for zero hits / zero n-gram totals
 
 
-def mteval_tokenize(text: str, *, perl: bool, lowercase: bool = False) -> list[str]:
+def mteval_tokenize(text: str, *, perl: bool, lowercase: bool = False, perl_bytes: bool = False) -> list[str]:
     """Tokenise one segment with mteval-v13a's default (non-international) rules.
 
     ``perl=True`` follows the Perl scripts (mteval-v13a, multi-bleu-detok): Perl's whitespace class,
     and an empty segment has no tokens. ``perl=False`` follows pymteval's port: Python's whitespace
     class, and an empty segment is one empty token, as ``"".split(" ")`` gives. ``lowercase`` is
-    mteval-v13a's default ``tr/[A-Z]/[a-z]/``, which maps ASCII letters only.
+    mteval-v13a's default ``tr/[A-Z]/[a-z]/``, which maps ASCII letters only. ``perl_bytes`` (with
+    ``perl``) is for Perl scripts that read undecoded bytes, as multi-bleu-detok.perl does: only
+    ASCII whitespace separates tokens there.
     """
     text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     for entity, char in _ENTITIES:
@@ -65,7 +70,8 @@ def mteval_tokenize(text: str, *, perl: bool, lowercase: bool = False) -> list[s
     text = _PERIOD_COMMA_BEFORE_NON_DIGIT.sub(r" \1 \2", text)
     text = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", text)
     if perl:
-        text = _PERL_SPACES.sub(" ", text).strip(" ")  # only single spaces are left to strip
+        spaces = _PERL_BYTE_SPACES if perl_bytes else _PERL_SPACES
+        text = spaces.sub(" ", text).strip(" ")  # only single spaces are left to strip
         return text.split(" ") if text else []
     return _PY_SPACES.sub(" ", text).strip().split(" ")
 
@@ -121,7 +127,7 @@ def _python_scores(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> dict[s
     ref_counts: list[Counter] = [Counter() for _ in range(_NIST_ORDER + 1)]  # [0] holds ()
     avg_ref_len = 0.0
 
-    for hyp_text, ref_texts in zip(hyps, refs):
+    for hyp_text, ref_texts in zip(hyps, refs, strict=True):
         # pymteval lower-cases inside its n-gram helper; token counts are the same either way.
         hyp = [t.lower() for t in mteval_tokenize(hyp_text, perl=False)]
         low_refs = [[t.lower() for t in mteval_tokenize(r, perl=False)] for r in ref_texts]
@@ -151,7 +157,7 @@ def _python_bleu(hits: list[int], cand_lens: list[int], ref_len: int) -> float:
     if cand_lens[0] <= ref_len:
         bp = math.exp(1.0 - ref_len / (float(cand_lens[0]) if cand_lens[0] else 1e-5))
     log_sum = 0.0
-    for n_hits, n_len in zip(hits, cand_lens):
+    for n_hits, n_len in zip(hits, cand_lens, strict=True):
         log_sum += math.log(max(float(n_hits), _BLEU_TINY) / max(float(n_len), _BLEU_SMALL))
     return bp * math.exp((1.0 / _BLEU_ORDER) * log_sum)
 
@@ -197,7 +203,7 @@ def _perl_scores(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> dict[str
     tst_cnt = [0] * (_NIST_ORDER + 1)
     tst_info = [0.0] * (_NIST_ORDER + 1)
     ref_words = 0
-    for hyp, inst_refs in zip(tst, tok):
+    for hyp, inst_refs in zip(tst, tok, strict=True):
         for j in range(1, _NIST_ORDER + 1):
             tst_cnt[j] += max(len(hyp) - j + 1, 0)
             clipped = _clipped_counts(hyp, inst_refs, j)

@@ -94,7 +94,7 @@ def meteor_corpus(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> float:
         assert proc.stdin is not None and proc.stdout is not None
 
         def send(line: str) -> None:
-            proc.stdin.write(f"{line}\n".encode("utf-8"))
+            proc.stdin.write(f"{line}\n".encode())
             proc.stdin.flush()
 
         def receive() -> str:
@@ -106,7 +106,7 @@ def meteor_corpus(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> float:
             return answer.decode("utf-8").strip()
 
         stats = []
-        for hyp, inst_refs in zip(hyps, refs):
+        for hyp, inst_refs in zip(hyps, refs, strict=True):
             hyp = hyp.replace("|||", "").replace("  ", " ")
             send(" ||| ".join(("SCORE", " ||| ".join(inst_refs), hyp)))
             stats.append(receive())

