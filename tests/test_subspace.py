@@ -6,16 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from lora_repro.analysis.amplification import amplification_row, base_weight, delta_weight, w_delta_similarity
-from lora_repro.analysis.subspace import (initial_factors, layer_phi, parse_factors, phi, phi_grid, random_like,
-                                          right_basis, trained_factors)
+from lora_repro.analysis.subspace import (
+    initial_factors,
+    layer_phi,
+    parse_factors,
+    phi,
+    phi_grid,
+    random_like,
+    right_basis,
+    trained_factors,
+)
 from lora_repro.config import compose_config
 from lora_repro.methods import method_state_dict
 from lora_repro.paths import REPO_ROOT
 from lora_repro.run import resolve
-from omegaconf import OmegaConf
 
 
 def orthonormal_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
