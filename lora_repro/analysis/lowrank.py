@@ -129,16 +129,16 @@ def analyse(sweep: Sweep, out_dir: Path, root: str | Path | None = None, low_r: 
     for target in TARGETS:
         rank_panels, seed_panels = _phi_panels(runs, low, high, layer, target)
         report.figures[f"phi_r{low}_r{high}_{target}"] = plots.heatmaps(
-            {k: v[:low] for k, v in rank_panels.items()}, out_dir / f"sweep_{sweep.name}_phi_r{low}_r{high}_{target}.png",
+            {k: v[:low] for k, v in rank_panels.items()}, out_dir / f"{sweep.stem}_phi_r{low}_r{high}_{target}.png",
             f"φ(A_r={low}, A_r={high}, i, j), ΔW_{target}, layer {layer}")
         if seed_panels:
             report.figures[f"phi_seeds_{target}"] = plots.heatmaps(
-                seed_panels, out_dir / f"sweep_{sweep.name}_phi_seeds_{target}.png",
+                seed_panels, out_dir / f"{sweep.stem}_phi_seeds_{target}.png",
                 f"φ(A_r={high} seed a, A_r={high} seed b, i, j), ΔW_{target}, layer {layer}", vmax=0.5)
     t7 = [_pick_rank(ranks, table7_ranks[0], min), _pick_rank(ranks, table7_ranks[1], max)]
     alpha_of = {r: float(runs.by_point[(r, runs.seeds(r)[0])]["config"]["method"].get("alpha") or r) for r in ranks}
     report.amplification, grids = _amplification(runs, sorted(set(t7)), layer, alpha_of)
-    report.figures["w_vs_delta"] = plots.heatmaps(grids, out_dir / f"sweep_{sweep.name}_w_vs_delta.png",
+    report.figures["w_vs_delta"] = plots.heatmaps(grids, out_dir / f"{sweep.stem}_w_vs_delta.png",
                                                   f"Figure 8 analogue: φ(W_q top-i, ΔW_q top-j), layer {layer}",
                                                   ylabel="i (W_q)", xlabel="j (ΔW_q)")
     return report
@@ -150,10 +150,10 @@ def markdown(report: LowRankReport) -> str:
                                                "proj_random": "‖UᵀWVᵀ‖ (random)", "delta_norm": "‖ΔW‖_F",
                                                "W_norm": "‖W‖_F"})
     lines = ["## ΔW against W (Table 7 analogue; paper: 21.5 at r=4, 1.9 at r=64)", "",
-             amp.to_markdown(index=False, floatfmt=".3f"), "",
+             amp.round(4).to_markdown(index=False), "",
              "## Subspace similarity φ of the A matrices (Figures 3, 4, 6, 7 analogue)", "",
              report.phi_summary.to_markdown(index=False, floatfmt=".3f"), ""]
-    return "\n".join(lines + [f"Note: {note}" for note in report.notes])
+    return "\n".join(lines + [f"Note: {note}." for note in report.notes]) + "\n"
 
 
 def summary_numbers(report: LowRankReport) -> dict[str, float]:

@@ -9,11 +9,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from lora_repro.analysis.sweep import SEED, Sweep  # noqa: E402
+from lora_repro.analysis.sweep import SEED, Sweep
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:
@@ -30,7 +31,7 @@ def _spread(ax, x, points: pd.DataFrame, runs: pd.DataFrame, metric: str, label:
     """Mean line, min-max bars and every seed's value as a dot: the seed spread drawn."""
     ax.errorbar(x, points["mean"], yerr=[points["mean"] - points["min"], points["max"] - points["mean"]],
                 marker="o", capsize=3, label=label)
-    for xi, (_, point) in zip(x, points.iterrows()):
+    for xi, (_, point) in zip(x, points.iterrows(), strict=True):
         mine = runs
         for key in keys:
             mine = mine[mine[key].astype(str) == str(point[key])]
@@ -45,6 +46,8 @@ def rank_figure(sweep: Sweep, path: Path) -> Path:
     for label, group in (points.groupby(others, dropna=False) if others else [("", points)]):
         _spread(ax, group["config.method.r"], group, sweep.runs, sweep.metric, str(label) or "LoRA", keys)
     ax.set_xscale("log", base=2)
+    ranks = sorted(points["config.method.r"].unique())
+    ax.set_xticks(ranks, [str(int(r)) for r in ranks])
     ax.set_xlabel("LoRA rank r")
     ax.set_ylabel(sweep.metric.removeprefix("best.") + " x 100")
     ax.set_title(f"{sweep.name}: metric vs rank (mean, min-max, seeds)")
@@ -86,7 +89,7 @@ SWEEP_FIGURES = {"rank": rank_figure, "targets": targets_figure, "budget": budge
 
 
 def sweep_figure(sweep: Sweep, out_dir: Path) -> Path:
-    return SWEEP_FIGURES[sweep.kind](sweep, out_dir / f"sweep_{sweep.name}_{sweep.kind}.png")
+    return SWEEP_FIGURES[sweep.kind](sweep, out_dir / f"{sweep.stem}_{sweep.kind}.png")
 
 
 def heatmaps(panels: Mapping[str, np.ndarray], path: Path, title: str, vmax: float = 1.0,
@@ -94,10 +97,12 @@ def heatmaps(panels: Mapping[str, np.ndarray], path: Path, title: str, vmax: flo
     """One φ heat map per panel, i = 1.. on the vertical axis (top down), j = 1.. across, as in Fig. 3/4."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     image = None
-    for ax, (name, grid) in zip(axes[0], panels.items()):
+    for ax, (name, grid) in zip(axes[0], panels.items(), strict=True):
         image = ax.imshow(grid, vmin=0, vmax=vmax, cmap="viridis", aspect="auto",
                           extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5))
         ax.set_title(name, fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8)

@@ -27,13 +27,13 @@ def write_sweep_report(name: str, root: str | Path | None = None, metric: str | 
     tables_dir, figures_dir = base / "tables", base / "figures"
     paths = write_tables(sweep, tables_dir)
     figures = {sweep.kind: plots.sweep_figure(sweep, figures_dir)}
-    frames = {f"sweep_{name}": sweep.points}
+    frames = {"points": sweep.points}
     numbers: dict[str, float] = {}
     if sweep.kind == "rank" and _has_weights(sweep):
         report = lowrank.analyse(sweep, figures_dir, root)
         figures.update(report.figures)
         atomic_write_text(paths["md"], markdown(sweep) + "\n" + lowrank.markdown(report))
-        frames.update({f"sweep_{name}_table7": report.amplification, f"sweep_{name}_phi": report.phi_summary})
+        frames.update({"table7": report.amplification, "phi": report.phi_summary})
         numbers = lowrank.summary_numbers(report)
     elif sweep.kind == "rank":
         log.info("%s: no saved weights (train.save_weights=false), so no φ or Table 7", name)

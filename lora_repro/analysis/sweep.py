@@ -39,6 +39,11 @@ class Sweep:
     kind: str
 
     @property
+    def stem(self) -> str:
+        """File name stem of its tables and figures: the experiment name, prefixed with sweep_ if it lacks it."""
+        return self.name if self.name.startswith("sweep") else f"sweep_{self.name}"
+
+    @property
     def points(self) -> pd.DataFrame:
         return aggregate(self.runs, self.swept, self.metric)
 
@@ -48,11 +53,19 @@ def _hashable(value):
 
 
 def swept_keys(runs: pd.DataFrame) -> list[str]:
-    """Config columns whose value differs between runs (lists compared as 'q+v'), seed excluded."""
-    keys = []
-    for column in sorted(c for c in runs.columns if c.startswith("config.") and c not in NOT_SWEPT):
-        if runs[column].map(_hashable).nunique(dropna=False) > 1:
+    """Config columns whose value differs between runs (lists compared as 'q+v'), seed excluded.
+
+    A column that splits the runs exactly as an earlier one does (e.g. a sweep's helper key that the
+    method reads its targets from) adds nothing and is left out; method keys come first, so they stay.
+    """
+    columns = sorted((c for c in runs.columns if c.startswith("config.") and c not in NOT_SWEPT),
+                     key=lambda c: (not c.startswith("config.method."), c))
+    keys, partitions = [], set()
+    for column in columns:
+        codes = tuple(pd.factorize(runs[column].map(_hashable), use_na_sentinel=False)[0])
+        if len(set(codes)) > 1 and codes not in partitions:
             keys.append(column)
+            partitions.add(codes)
     return keys
 
 
@@ -142,10 +155,11 @@ def caption(sweep: Sweep) -> str:
     cpus = sorted({int(c) for c in runs.get("env.hardware.cpu_count", pd.Series(dtype=float)).dropna()})
     machine = device or f"CPU ({'/'.join(map(str, cpus)) or '?'} cores, {runs['env.hardware.machine'].iloc[0]})"
     seeds = sorted(int(s) for s in runs[SEED].unique())
-    return (f"Sweep {sweep.name}: {', '.join(sorted(runs['model'].unique()))} on {', '.join(sorted(runs['task'].unique()))}, "
-            f"scale {', '.join(sorted(runs['scale'].unique()))}, seeds {seeds}, {len(runs)} runs; "
-            f"swept {', '.join(k.removeprefix('config.') for k in sweep.swept)}; metric {sweep.metric.removeprefix('best.')}"
-            f" x 100 over seeds (mean, median, std, min, max); machine time (sum of run wall times) "
+    listed = {column: ", ".join(sorted(runs[column].unique())) for column in ("model", "task", "scale")}
+    swept = ", ".join(k.removeprefix("config.") for k in sweep.swept)
+    return (f"Sweep {sweep.name}: {listed['model']} on {listed['task']}, scale {listed['scale']}, seeds {seeds}, "
+            f"{len(runs)} runs; swept {swept}; metric {sweep.metric.removeprefix('best.')} x 100 over seeds "
+            f"(mean, median, std, min, max); machine time (sum of run wall times) "
             f"{runs['timing.wall_s'].sum() / 60:.1f} min on {machine}.")
 
 
@@ -157,16 +171,16 @@ def markdown(sweep: Sweep) -> str:
     if not paper.empty:
         source = "; ".join(paper["source"].unique())
         lines += ["## The paper's numbers for the same shape", "", f"Source: {source}.", "",
-                  paper.drop(columns=["source"]).to_markdown(index=False), ""]
+                  paper.drop(columns=["source"]).dropna(axis=1, how="all").to_markdown(index=False), ""]
     return "\n".join(lines)
 
 
 def write_tables(sweep: Sweep, out_dir: Path) -> dict[str, Path]:
-    """results/tables/sweep_<name>.md and .csv (the aggregated points)."""
+    """results/tables/<stem>.md and .csv (the aggregated points)."""
     from lora_repro.io import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out_dir / f"sweep_{sweep.name}.md", "csv": out_dir / f"sweep_{sweep.name}.csv"}
+    paths = {"md": out_dir / f"{sweep.stem}.md", "csv": out_dir / f"{sweep.stem}.csv"}
     atomic_write_text(paths["md"], markdown(sweep))
     atomic_write_text(paths["csv"], sweep.points.to_csv(index=False, float_format="%.4f"))
     return paths
