@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from lora_repro.analysis.sweep import SEED, Sweep
+from lora_repro.analysis.sweep import Sweep
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:
@@ -40,7 +40,7 @@ def _spread(ax, x, points: pd.DataFrame, runs: pd.DataFrame, metric: str, label:
 
 def rank_figure(sweep: Sweep, path: Path) -> Path:
     """Metric against r (log2 x), one line per other swept setting, seeds as dots."""
-    points, keys = sweep.points, [k for k in sweep.swept if k != SEED]
+    points, keys = sweep.points, sweep.swept
     others = [k for k in keys if k != "config.method.r"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, group in (points.groupby(others, dropna=False) if others else [("", points)]):
@@ -57,7 +57,7 @@ def rank_figure(sweep: Sweep, path: Path) -> Path:
 
 def targets_figure(sweep: Sweep, path: Path) -> Path:
     """Bars per set of adapted weight types at a fixed budget, min-max bars and seeds as dots."""
-    points, keys = sweep.points, [k for k in sweep.swept if k != SEED]
+    points, keys = sweep.points, sweep.swept
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(len(points))
     ax.bar(x, points["mean"], color="tab:blue", alpha=0.5)
@@ -72,7 +72,7 @@ def targets_figure(sweep: Sweep, path: Path) -> Path:
 
 def budget_figure(sweep: Sweep, path: Path) -> Path:
     """Metric against trainable parameters (log x), one line per method (Figure 2's layout)."""
-    points, keys = sweep.points, [k for k in sweep.swept if k != SEED]
+    points, keys = sweep.points, sweep.swept
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, group in points.groupby("config.method.name"):
         group = group.sort_values("trainable")

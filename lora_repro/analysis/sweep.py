@@ -19,6 +19,7 @@ from lora_repro.store import load_dataframe
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "sweep_tables.csv"
 SEED = "config.seed"
+METHOD_NAME = "config.method.name"
 # Columns that vary between runs without being a swept setting.
 NOT_SWEPT = {SEED, "config.force", "config.output_dir", "config.experiment_name", "config.method.label"}
 STATS = ("mean", "median", "std", "min", "max", "count")
@@ -55,15 +56,21 @@ def _hashable(value):
 def swept_keys(runs: pd.DataFrame) -> list[str]:
     """Config columns whose value differs between runs (lists compared as 'q+v'), seed excluded.
 
-    A column that splits the runs exactly as an earlier one does (e.g. a sweep's helper key that the
-    method reads its targets from) adds nothing and is left out; method keys come first, so they stay.
+    A method setting counts when it varies within one method (a budget sweep's LoRA alpha, the same
+    for every LoRA run, is not swept just because BitFit has none); a column outside the method config
+    that splits the runs exactly as a kept one does (a sweep's helper key the method reads) is left out.
     """
     columns = sorted((c for c in runs.columns if c.startswith("config.") and c not in NOT_SWEPT),
-                     key=lambda c: (not c.startswith("config.method."), c))
+                     key=lambda c: (c != METHOD_NAME, not c.startswith("config.method."), c))
     keys, partitions = [], set()
     for column in columns:
-        codes = tuple(pd.factorize(runs[column].map(_hashable), use_na_sentinel=False)[0])
-        if len(set(codes)) > 1 and codes not in partitions:
+        values = runs[column].map(_hashable)
+        codes = tuple(pd.factorize(values, use_na_sentinel=False)[0])
+        if column.startswith("config.method.") and column != METHOD_NAME:
+            if values.groupby(runs[METHOD_NAME]).nunique().max() > 1:
+                keys.append(column)
+                partitions.add(codes)
+        elif len(set(codes)) > 1 and codes not in partitions:
             keys.append(column)
             partitions.add(codes)
     return keys
@@ -82,7 +89,7 @@ def headline_metric(runs: pd.DataFrame) -> str:
 
 
 def sweep_kind(swept: list[str]) -> str:
-    if "config.method.name" in swept:
+    if METHOD_NAME in swept:
         return "budget"
     if "config.method.targets" in swept:
         return "targets"
