@@ -131,3 +131,16 @@ def log_report(group: str, tables: Mapping[str, Any], images: Mapping[str, str |
     run_dir = Path(run.dir).parent
     run.finish()
     return run_dir
+
+
+def log_result_files(group: str, paths: list[str | os.PathLike], logger: Mapping | None = None) -> Path:
+    """Log files a report already wrote (GLUE, NLG, latency, sweep): each .csv as a wandb Table, each
+    .png as a wandb Image, under their file names, to the group's summary run."""
+    import pandas as pd
+
+    files = [Path(path) for path in paths]
+    unknown = [str(path) for path in files if path.suffix not in (".csv", ".png")]
+    if unknown:
+        raise ValueError(f"log_result_files takes .csv tables and .png figures; got {unknown}")
+    tables = {path.stem: pd.read_csv(path) for path in files if path.suffix == ".csv"}
+    return log_report(group, tables, {path.stem: path for path in files if path.suffix == ".png"}, logger=logger)

@@ -10,12 +10,12 @@ import matplotlib
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from wandb_records import logged_keys, wait_for_records
 
 from lora_repro.config import compose_config
 from lora_repro.run import resolve, run
 from lora_repro.store import RunStore
-from lora_repro.tracking import log_report, run_name, swept_values
-from wandb_records import logged_keys, wait_for_records
+from lora_repro.tracking import log_report, log_result_files, run_name, swept_values
 
 matplotlib.use("Agg")
 
@@ -52,6 +52,17 @@ def test_log_report_writes_tables_and_images_to_a_group_summary_run(tmp_path):
     assert (run_dir / "files" / json.loads(summary["figures/rank/path"])).stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="figure files not found"):
         log_report("sweep_x", {}, {"rank": tmp_path / "missing.png"}, logger={"dir": str(tmp_path)})
+
+
+def test_report_files_on_disk_are_logged_as_tables_and_images(tmp_path):
+    """The GLUE / NLG / latency reports write CSV and PNG files; one call mirrors them to wandb."""
+    table = tmp_path / "glue_glue_cpu.csv"
+    pd.DataFrame({"method": ["lora"], "sst2": [91.2]}).to_csv(table, index=False)
+    run_dir = log_result_files("glue_cpu", [table], logger={"dir": str(tmp_path), "mode": "offline"})
+    history, summary = logged_keys(wait_for_records(run_dir))
+    assert "tables/glue_glue_cpu/_type" in history and json.loads(summary["tables/glue_glue_cpu/nrows"]) == 1
+    with pytest.raises(ValueError, match=r"\.csv tables and \.png figures"):
+        log_result_files("glue_cpu", [tmp_path / "table.md"])
 
 
 @pytest.mark.slow

@@ -125,7 +125,9 @@ def aggregate(runs: pd.DataFrame, swept: list[str], metric: str) -> pd.DataFrame
     table["wall_s"] = grouped["timing.wall_s"].sum()
     table = table.reset_index()
     table.insert(0, "point", [point_label(row, keys) for _, row in table.iterrows()])
-    if "config.method.r" in keys and pd.api.types.is_numeric_dtype(table["config.method.r"]):
+    if METHOD_NAME in keys:  # budget: each method's sizes in order
+        table = table.sort_values([METHOD_NAME, "trainable"], kind="stable")
+    elif "config.method.r" in keys and pd.api.types.is_numeric_dtype(table["config.method.r"]):
         table = table.sort_values(["config.method.r", *[k for k in keys if k != "config.method.r"]], kind="stable")
     return table.reset_index(drop=True)
 
