@@ -56,9 +56,10 @@ def _hashable(value):
 def swept_keys(runs: pd.DataFrame) -> list[str]:
     """Config columns whose value differs between runs (lists compared as 'q+v'), seed excluded.
 
-    A method setting counts when it varies within one method (a budget sweep's LoRA alpha, the same
-    for every LoRA run, is not swept just because BitFit has none); a column outside the method config
-    that splits the runs exactly as a kept one does (a sweep's helper key the method reads) is left out.
+    A setting counts when it varies within one method: a budget sweep's per-method learning rate or
+    LoRA alpha, the same for every run of that method, is part of the method, not swept. A column
+    outside the method config that splits the runs exactly as a kept one does (a sweep's helper key
+    that the method reads) is left out.
     """
     columns = sorted((c for c in runs.columns if c.startswith("config.") and c not in NOT_SWEPT),
                      key=lambda c: (c != METHOD_NAME, not c.startswith("config.method."), c))
@@ -66,11 +67,9 @@ def swept_keys(runs: pd.DataFrame) -> list[str]:
     for column in columns:
         values = runs[column].map(_hashable)
         codes = tuple(pd.factorize(values, use_na_sentinel=False)[0])
-        if column.startswith("config.method.") and column != METHOD_NAME:
-            if values.groupby(runs[METHOD_NAME]).nunique().max() > 1:
-                keys.append(column)
-                partitions.add(codes)
-        elif len(set(codes)) > 1 and codes not in partitions:
+        varies = values.nunique(dropna=False) > 1 if column == METHOD_NAME else \
+            values.groupby(runs[METHOD_NAME]).nunique(dropna=False).max() > 1
+        if varies and (column.startswith("config.method.") or codes not in partitions):
             keys.append(column)
             partitions.add(codes)
     return keys
