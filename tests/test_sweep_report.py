@@ -77,7 +77,8 @@ def test_rank_sweep_report(store):
     assert "Table 7 analogue" in table and "r=2 vs r=4, seed 0 (initial)" in table
     assert "random Gaussian control" in table and "r=8/64 not in the sweep: r=2/4 used" in table
     assert pd.read_csv(paths["csv"])["point"].tolist() == ["r=2", "r=4"]
-    for key in ("figure_rank", "figure_phi_r2_r4_q", "figure_phi_seeds_v", "figure_w_vs_delta"):
+    for key in ("figure_rank", "figure_phi_r2_r4_q", "figure_phi_seeds_v", "figure_w_vs_delta", "figure_phi_layers_r_q",
+                "figure_phi_layers_seeds_v"):
         assert paths[key].read_bytes()[:4] == PNG, key
     first = table
     write_sweep_report("sweep_rank_glue", store)  # regenerated from the same store: the same table

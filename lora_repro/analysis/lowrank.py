@@ -82,16 +82,31 @@ def _phi_panels(runs: _Runs, low: int, high: int, layer: int, target: str) -> tu
     return rank_panels, seed_panels
 
 
-def _summary_rows(runs: _Runs, low: int, high: int, layers: list[int]) -> list[dict]:
+Panels = dict[tuple[int, str], tuple[dict, dict]]  # (layer, target) -> (rank panels, seed panels)
+
+
+def _summary_rows(panels: Panels, low: int) -> list[dict]:
     """φ at i = j = 1 and the mean over the i <= r_low, j <= r_low block, for every layer and target."""
     rows = []
-    for layer in layers:
-        for target in TARGETS:
-            rank_panels, seed_panels = _phi_panels(runs, low, high, layer, target)
-            for name, grid in {**rank_panels, **seed_panels}.items():
-                rows.append({"layer": layer, "target": target, "comparison": name, "phi_1_1": grid[0, 0],
-                             "phi_mean_low_block": float(grid[:low, :low].mean())})
+    for (layer, target), (rank_panels, seed_panels) in sorted(panels.items()):
+        for name, grid in {**rank_panels, **seed_panels}.items():
+            rows.append({"layer": layer, "target": target, "comparison": name, "phi_1_1": grid[0, 0],
+                         "phi_mean_low_block": float(grid[:low, :low].mean())})
     return rows
+
+
+def _layer_figures(panels: Panels, low: int, high: int, stem: str, out_dir: Path) -> dict[str, Path]:
+    """Figures 6 and 7 analogues: the first trained comparison of each kind, one panel per layer."""
+    figures = {}
+    for target in TARGETS:
+        for kind, index, rows, vmax in (("r", 0, low, 1.0), ("seeds", 1, high, 0.5)):
+            per_layer = {f"layer {layer}: {next(iter(pair[index]))}": next(iter(pair[index].values()))[:rows]
+                         for (layer, t), pair in sorted(panels.items()) if t == target and pair[index]}
+            if per_layer:
+                figures[f"phi_layers_{kind}_{target}"] = plots.heatmaps(
+                    per_layer, out_dir / f"{stem}_phi_layers_{kind}_{target}.png",
+                    f"φ per layer, ΔW_{target} (Figure {6 if kind == 'r' else 7} analogue)", vmax=vmax)
+    return figures
 
 
 def _amplification(runs: _Runs, ranks: list[int], layer: int, alpha_of: dict[int, float]) -> tuple[pd.DataFrame, dict]:
@@ -125,9 +140,11 @@ def analyse(sweep: Sweep, out_dir: Path, root: str | Path | None = None, low_r: 
     factors = runs.factors(high, runs.seeds(high)[0])
     layers = sorted({layer for layer, _ in factors})
     layer = layers[len(layers) // 2] if layer is None else layer
-    report = LowRankReport(pd.DataFrame(_summary_rows(runs, low, high, layers)), pd.DataFrame(), notes=notes)
+    panels = {(each, target): _phi_panels(runs, low, high, each, target) for each in layers for target in TARGETS}
+    report = LowRankReport(pd.DataFrame(_summary_rows(panels, low)), pd.DataFrame(), notes=notes)
+    report.figures.update(_layer_figures(panels, low, high, sweep.stem, out_dir))
     for target in TARGETS:
-        rank_panels, seed_panels = _phi_panels(runs, low, high, layer, target)
+        rank_panels, seed_panels = panels[(layer, target)]
         report.figures[f"phi_r{low}_r{high}_{target}"] = plots.heatmaps(
             {k: v[:low] for k, v in rank_panels.items()}, out_dir / f"{sweep.stem}_phi_r{low}_r{high}_{target}.png",
             f"φ(A_r={low}, A_r={high}, i, j), ΔW_{target}, layer {layer}")
