@@ -17,7 +17,7 @@ SEED_ARG   = $(if $(SEEDS),--seeds $(SEEDS),)
 # conf/experiment/<dataset>_<scale>[_<protocol>].yaml, e.g. glue_cpu, glue_paper_roberta_base_lora
 experiment = $(1)_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
 
-.PHONY: help install test test-fast params latency bench-peer gpu-check clean  # reproduce-% and table-% are pattern rules (make skips those for .PHONY targets)
+.PHONY: help install test test-fast params latency bench-peer gpu-check clean sweep-rank sweep-targets sweep-budget  # reproduce-% and table-% are pattern rules (make skips those for .PHONY targets)
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -65,6 +65,31 @@ bench-peer: $(STAMP)  ## lora-repro vs PEFT + HF Trainer: step time and memory r
 gpu-check: $(STAMP)  ## on a GPU machine: CUDA tests (events, memory stats, fp16/bf16) and the smoke latency grid
 	$(PYTHON) -m pytest -q -rs tests/test_cuda.py
 	$(PYTHON) -m experiments.latency --grid smoke --device cuda
+
+# Sweeps: Hydra multirun over conf/experiment/sweep_*.yaml (hydra.sweeper.params inside), records in the
+# store, configs already stored are skipped. LAUNCHER=joblib_sweep (JOBS parallel runs, 1 torch thread each),
+# submitit_local_sweep or submitit_slurm_sweep (conf/hydra/launcher/); ARGS: extra overrides for every run.
+LAUNCHER ?= joblib_sweep
+REPORT_ARGS ?=
+launch = hydra/launcher=$(LAUNCHER) $(if $(filter joblib%,$(LAUNCHER)),hydra.launcher.n_jobs=$(1),)
+multirun = $(PYTHON) -m experiments.run -m +experiment=$(1) $(call launch,$(2)) $(ARGS)
+BUDGET_PARTS := lora adapter_h prefix_layer prefix_embed fixed
+
+sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs, ~12 min at JOBS=2) and E2E (9 runs, ~45 min), then reports
+	$(call multirun,sweep_rank_glue,$(JOBS))
+	$(call multirun,sweep_rank_e2e,1)
+	$(MAKE) --no-print-directory table-sweep-rank_glue table-sweep-rank_e2e
+
+sweep-targets: $(STAMP)  ## weight types at a fixed budget (21 runs, ~13 min at JOBS=2), then the report
+	$(call multirun,sweep_targets,$(JOBS))
+	$(MAKE) --no-print-directory table-sweep-targets
+
+sweep-budget: $(STAMP)  ## every method at several sizes (14 runs, ~10 min at JOBS=2), then the report
+	$(foreach part,$(BUDGET_PARTS),$(call multirun,sweep_budget_$(part),$(JOBS)) &&) true
+	$(MAKE) --no-print-directory table-sweep-budget
+
+table-sweep-%: $(STAMP)  ## a sweep's report from the store, trains nothing (table-sweep-rank_glue, ...; REPORT_ARGS=--wandb)
+	$(PYTHON) -m experiments.sweep_report --experiment sweep_$* $(REPORT_ARGS)
 
 clean:  ## remove caches (not the results store)
 	rm -rf .cache outputs multirun .pytest_cache

@@ -1,0 +1,34 @@
+"""`python -m experiments.sweep_report +experiment=sweep_rank_glue` (or `--experiment NAME`): the
+sweep's table, figures, φ heat maps and Table 7 analogue from the store; trains nothing.
+
+    python -m experiments.sweep_report --experiment sweep_rank_glue [--metric best.accuracy] [--wandb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from lora_repro.analysis.report import write_sweep_report
+from lora_repro.config import compose_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides naming the sweep, e.g. +experiment=sweep_targets")
+    parser.add_argument("--experiment", help="the experiment (store folder) name, instead of +experiment=...")
+    parser.add_argument("--metric", help="record column to report (default: the task's headline, BLEU for NLG)")
+    parser.add_argument("--wandb", action="store_true", help="log tables and figures to the group's wandb report run")
+    parser.add_argument("--wandb-dir", default=None, help="where wandb writes its (offline) run")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not args.experiment and not args.overrides:
+        parser.error("name the sweep: --experiment NAME or +experiment=sweep_rank_glue")
+    name = args.experiment or compose_config(args.overrides).experiment_name
+    logger = {"dir": args.wandb_dir} if args.wandb else None
+    for kind, path in write_sweep_report(name, metric=args.metric, wandb_logger=logger).items():
+        print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""A sweep's whole report from the store: table (md/csv), figure, and for a rank sweep with saved
+weights the φ heat maps and the Table 7 analogue; optionally mirrored to a wandb summary run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lora_repro.analysis import lowrank, plots
+from lora_repro.analysis.sweep import load_sweep, markdown, write_tables
+from lora_repro.io import atomic_write_text
+from lora_repro.paths import results_dir
+
+log = logging.getLogger(__name__)
+
+
+def write_sweep_report(name: str, root: str | Path | None = None, metric: str | None = None,
+                       wandb_logger: dict | None = None) -> dict[str, Path]:
+    """Write results/tables/sweep_<name>.{md,csv} and results/figures/sweep_<name>_*.png; returns the paths.
+
+    `root`: the store (default results_dir()); tables and figures go under the same root.
+    `wandb_logger`: logger settings (project, dir, mode) to log the tables and figures to the group's
+    summary run; None logs nothing.
+    """
+    base = Path(root) if root is not None else results_dir()
+    sweep = load_sweep(name, root, metric)
+    tables_dir, figures_dir = base / "tables", base / "figures"
+    paths = write_tables(sweep, tables_dir)
+    figures = {sweep.kind: plots.sweep_figure(sweep, figures_dir)}
+    frames = {"points": sweep.points}
+    numbers: dict[str, float] = {}
+    if sweep.kind == "rank" and _has_weights(sweep):
+        report = lowrank.analyse(sweep, figures_dir, root)
+        figures.update(report.figures)
+        atomic_write_text(paths["md"], markdown(sweep) + "\n" + lowrank.markdown(report))
+        frames.update({"table7": report.amplification, "phi": report.phi_summary})
+        numbers = lowrank.summary_numbers(report)
+    elif sweep.kind == "rank":
+        log.info("%s: no saved weights (train.save_weights=false), so no φ or Table 7", name)
+    paths.update({f"figure_{key}": path for key, path in figures.items()})
+    if wandb_logger is not None:
+        from lora_repro.tracking import log_report
+
+        paths["wandb_run"] = log_report(name, frames, figures, summary={"runs": len(sweep.runs), **numbers},
+                                        logger=wandb_logger)
+    return paths
+
+
+def _has_weights(sweep) -> bool:
+    column = sweep.runs.get("checkpoint.path")
+    return column is not None and column.notna().all()
