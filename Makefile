@@ -73,20 +73,19 @@ LAUNCHER ?= joblib_sweep
 REPORT_ARGS ?=
 launch = hydra/launcher=$(LAUNCHER) $(if $(filter joblib%,$(LAUNCHER)),hydra.launcher.n_jobs=$(1),)
 multirun = $(PYTHON) -m experiments.run -m +experiment=$(1) $(call launch,$(2)) $(ARGS)
-BUDGET_PARTS := lora adapter_h prefix_layer prefix_embed fixed
 
-sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs, ~12 min at JOBS=2) and E2E (9 runs, ~45 min), then reports
+sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs) and E2E (9 runs, one job of 2 threads), then reports
 	$(call multirun,sweep_rank_glue,$(JOBS))
 	$(call multirun,sweep_rank_e2e,1)
 	$(MAKE) --no-print-directory table-sweep-rank_glue table-sweep-rank_e2e
 
-sweep-targets: $(STAMP)  ## weight types at a fixed budget (21 runs, ~13 min at JOBS=2), then the report
-	$(call multirun,sweep_targets,$(JOBS))
-	$(MAKE) --no-print-directory table-sweep-targets
+sweep-targets: $(STAMP)  ## weight types at a fixed budget (21 runs), then the report
+	$(call multirun,sweep_targets_glue,$(JOBS))
+	$(MAKE) --no-print-directory table-sweep-targets_glue
 
-sweep-budget: $(STAMP)  ## every method at several sizes (14 runs, ~10 min at JOBS=2), then the report
-	$(foreach part,$(BUDGET_PARTS),$(call multirun,sweep_budget_$(part),$(JOBS)) &&) true
-	$(MAKE) --no-print-directory table-sweep-budget
+sweep-budget: $(STAMP)  ## every method at several sizes (14 runs), then the report
+	$(call multirun,sweep_budget_glue,$(JOBS))
+	$(MAKE) --no-print-directory table-sweep-budget_glue
 
 table-sweep-%: $(STAMP)  ## a sweep's report from the store, trains nothing (table-sweep-rank_glue, ...; REPORT_ARGS=--wandb)
 	$(PYTHON) -m experiments.sweep_report --experiment sweep_$* $(REPORT_ARGS)

@@ -39,11 +39,10 @@ def store(tmp_path_factory):
         for r in (2, 4):
             for seed in (0, 1):
                 tiny_run(root, "+experiment=sweep_rank_glue", f"seed={seed}", **{"method.r": r})
-        for cell in ("{targets:[q],r:4}", "{targets:[v],r:4}", "{targets:[q,v],r:2}"):
-            tiny_run(root, "+experiment=sweep_targets", f"budget_cell={cell}")
-        for r in (1, 4):
-            tiny_run(root, "+experiment=sweep_budget_lora", **{"method.r": r})
-        tiny_run(root, "+experiment=sweep_budget_fixed", "method=bitfit")
+        for cell in ("q", "v", "qv"):  # conf/lora_targets/: r=8 for one type, 4 for two
+            tiny_run(root, "+experiment=sweep_targets_glue", f"+lora_targets={cell}")
+        for point in ("lora_r1", "lora_r8", "bitfit"):  # conf/budget_point/
+            tiny_run(root, "+experiment=sweep_budget_glue", f"+budget_point={point}")
         yield root
 
 
@@ -86,24 +85,24 @@ def test_rank_sweep_report(store):
 
 
 def test_targets_sweep_groups_by_targets_and_rank_at_one_budget(store):
-    sweep = load_sweep("sweep_targets", store)
+    sweep = load_sweep("sweep_targets_glue", store)
     assert sweep.kind == "targets"
-    assert sweep.swept == ["config.method.r", "config.method.targets"]  # budget_cell.* is the same split
+    assert sweep.swept == ["config.method.r", "config.method.targets"]
     points = sweep.points
-    assert sorted(points["point"]) == ["r=2 targets=q+v", "r=4 targets=q", "r=4 targets=v"]
+    assert sorted(points["point"]) == ["r=4 targets=q+v", "r=8 targets=q", "r=8 targets=v"]
     assert points["trainable"].nunique() == 1  # the 8/4/2 pattern: one budget for every cell
-    paths = write_sweep_report("sweep_targets", store)
+    paths = write_sweep_report("sweep_targets_glue", store)
     assert "Table 5 (GPT-3 175B" in paths["md"].read_text()
     assert paths["figure_targets"].read_bytes()[:4] == PNG
 
 
 def test_budget_sweep_spans_methods_and_sizes(store):
-    sweep = load_sweep("sweep_budget", store)
+    sweep = load_sweep("sweep_budget_glue", store)
     assert sweep.kind == "budget" and "config.method.name" in sweep.swept
     labels = set(sweep.points["point"])
-    assert {"lora r=1", "lora r=4", "bitfit"} <= {" ".join(p.split()[:2]) if "lora" in p else p.split()[0]
+    assert {"lora r=1", "lora r=8", "bitfit"} <= {" ".join(p.split()[:2]) if "lora" in p else p.split()[0]
                                                   for p in labels}
-    paths = write_sweep_report("sweep_budget", store)
+    paths = write_sweep_report("sweep_budget_glue", store)
     assert "Table 15 / Figure 2" in paths["md"].read_text()
     assert paths["figure_budget"].read_bytes()[:4] == PNG
 
