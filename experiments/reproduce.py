@@ -16,12 +16,12 @@ import time
 
 from omegaconf import OmegaConf
 
-from lora_repro.config import compose_config
+from lora_repro.config import ConfigError, compose_config, method_label, resolve
 from lora_repro.paths import results_dir
 from lora_repro.report.efficiency import write_efficiency_table
 from lora_repro.report.glue import write_glue_table
 from lora_repro.report.nlg import write_nlg_table
-from lora_repro.run import ConfigError, explicit_overrides, method_label, resolve, run
+from lora_repro.run import run
 from lora_repro.store import run_key
 
 log = logging.getLogger("reproduce")
@@ -56,12 +56,11 @@ def main() -> None:
     index, count = (int(x) for x in args.shard.split("/"))
     methods = protocol["methods"][index::count]
     tasks = protocol["tasks"]
-    explicit = explicit_overrides(args.overrides)
     started = time.perf_counter()
 
     def planned(methods: list[str]) -> list[dict]:
         return [resolve(OmegaConf.to_container(compose_config(
-            [*args.overrides, f"task={t}", f"method={m}", f"seed={s}"]), resolve=True), explicit)
+            [*args.overrides, f"task={t}", f"method={m}", f"seed={s}"]), resolve=True), args.overrides)
             for m in methods for t in tasks for s in seeds]
 
     if not args.table_only:

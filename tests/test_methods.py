@@ -251,15 +251,22 @@ def test_bitfit_on_llama_raises_a_clear_error():
 
 
 @pytest.mark.parametrize("cfg, match", [
-    ({"name": "adapter_d", "bottleneck": 4, "drop_layers": 2}, r"drop_layers=2 must be in \[0, 1\]"),
+    ({"name": "adapter_d", "bottleneck": 4, "drop_layers": 2}, r"drop_layers=2 must be < 2"),
     ({"name": "ft_top2", "top_k": 3}, r"top_k=3 must be in \[1, 2\]"),
-    ({"name": "ft_top2", "top_k": 0}, r"top_k=0"),
+    ({"name": "ft_top2", "top_k": 0}, r"top_k must be >= 1, got 0"),
     ({"name": "prefix_embed", "prefix_length": 0, "infix_length": 0}, "prefix_length"),
-    ({"name": "adapter_h", "bottleneck": 0}, "bottleneck must be >= 1"),
-    ({"name": "adapter_h", "bottleneck": 4, "activation": "softsign"}, "unknown adapter activation"),
+    ({"name": "adapter_h", "bottleneck": 0}, "bottleneck must be an integer >= 1"),
+    ({"name": "adapter_h", "bottleneck": 4, "activation": "softsign"}, "activation='softsign' is not one of"),
     ({"name": "lora", "targets": ["q", "v"], "r": {"q": 4}}, r"no rank for target\(s\) \['v'\]"),
-    ({"name": "lora", "targets": ["q"], "r": 4, "init": "xavier"}, "unknown LoRA init"),
-    ({"name": "lora", "targets": ["ffn"], "r": 4}, "unknown weight type"),
+    ({"name": "lora", "targets": ["q"], "r": 4, "init": "xavier"}, "init='xavier' is not one of"),
+    ({"name": "lora", "targets": ["ffn"], "r": 4}, r"targets has unknown \['ffn'\]"),
+        ({"name": "lora", "targets": [], "r": 4}, "targets is empty"),
+        ({"name": "lora", "targets": ["q"], "r": 2.5}, "r must be an integer >= 1"),
+        ({"name": "lora", "targets": ["q"], "r": 0}, "r must be an integer >= 1"),
+        ({"name": "lora", "targets": ["q"], "r": 4, "alpha": 0}, "alpha must be > 0"),
+        ({"name": "lora", "targets": ["q"], "r": 4, "rank": 4}, "method.rank"),
+        ({"name": "lora", "targets": ["q"], "r": 4, "dropout": "high"}, "method.dropout"),
+        ({"name": "prefix_layer", "prefix_length": -1, "infix_length": 4}, "prefix_length"),
 ])
 def test_bad_method_configs_raise(cfg, match):
     with pytest.raises(ValueError, match=match):

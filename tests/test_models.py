@@ -139,7 +139,6 @@ def test_unknown_architecture():
 
 @pytest.mark.parametrize("family, r, shape", [
     ("roberta", 64, "32x32"),
-    ("roberta", 0, "32x32"),
     ("gpt2", 33, "32x32"),  # a third of c_attn
     ("llama", 20, "16x32"),  # q (32x32) takes r=20, the GQA v_proj (16x32) cannot
 ])
