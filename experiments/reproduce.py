@@ -67,7 +67,7 @@ def main() -> None:
         plan = init_order(planned(methods))
         keys = {(method_label(c), c["seed"], c["task"]["name"]): run_key(c) for c in plan}
         for number, cfg in enumerate(plan, 1):
-            log.info("[%d/%d] %s %s seed %d", number, len(plan), cfg["task"]["name"], cfg["method"]["name"], cfg["seed"])
+            log.info("[%d/%d] %s %s seed %d", number, len(plan), cfg["task"]["name"], method_label(cfg), cfg["seed"])
             source = (method_label(cfg), cfg["seed"], cfg["train"].get("init_from_task"))
             run(cfg, init_key=keys.get(source))  # a source outside the plan: the store's latest match
     if count == 1:

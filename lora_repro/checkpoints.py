@@ -88,6 +88,7 @@ def init_from_task(model: nn.Module, cfg: dict, store: RunStore, init_key: str |
     own = {n for n, p in model.named_parameters() if p.requires_grad and not is_head_param(n, spec)}
     missing = own - set(state)
     if missing:
-        raise ConfigError(f"{path} lacks method weights {sorted(missing)[:3]}; was it saved with the same method config?")
+        raise ConfigError(f"{path} lacks method weights {sorted(missing)[:3]}; "
+                          "was it saved with the same method config?")
     model.load_state_dict(state, strict=False)
     return str(path)

@@ -77,7 +77,7 @@ def warmup_steps_for(train_cfg: TrainConfig, total_steps: int) -> int:
     """`warmup_steps` when set, else `warmup_ratio` of the total steps (rounded up)."""
     if train_cfg.warmup_steps:
         return train_cfg.warmup_steps
-    return int(math.ceil(train_cfg.warmup_ratio * total_steps))
+    return math.ceil(train_cfg.warmup_ratio * total_steps)
 
 
 def total_steps_for(train_cfg: TrainConfig, steps_per_epoch: int) -> int:

@@ -14,12 +14,13 @@ import math
 import peft
 import pytest
 import torch
+from helpers import FAMILIES
+from helpers import tiny as tiny_loaded
 from transformers.pytorch_utils import Conv1D
 
 from lora_repro.methods import apply_method, lora
 from lora_repro.methods.lora import LoRABranch, LoRALinear
 from lora_repro.schemas import ConfigError
-from helpers import FAMILIES, tiny as tiny_loaded
 
 ALL_TARGETS = ["q", "k", "v", "o", "mlp"]
 
@@ -80,7 +81,7 @@ def test_branch_init_and_scaling():
 def test_alpha_is_explicit_and_ranks_can_differ_per_target():
     model = tiny_model("roberta")
     for alpha in (None, 0):  # alpha is never derived from r: missing or 0 is refused, not replaced by r
-        with pytest.raises(ConfigError, match="method.alpha"):
+        with pytest.raises(ConfigError, match=r"method\.alpha"):
             apply_method(model, {"name": "lora", "targets": ["q", "v"], "r": 2, "alpha": alpha})
     apply_method(model, {"name": "lora", "targets": ["q", "v"], "r": {"q": 2, "v": 4}, "alpha": 2})
     layer0 = model.roberta.encoder.layer[0].attention.self

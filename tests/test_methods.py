@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from helpers import FAMILIES, tiny
 
 from lora_repro.config import group_option
 from lora_repro.methods import (
@@ -27,7 +28,6 @@ from lora_repro.methods.lora import LoRALinear
 from lora_repro.methods.prefix import IGNORE_INDEX, insert_virtual_tokens
 from lora_repro.models import load_model
 from lora_repro.models.arch import blocks, hidden_size, is_head_param
-from helpers import FAMILIES, tiny
 
 METHOD_NAMES = ("full", "ft_top2", "bitfit", "prefix_embed", "prefix_layer",
                 "adapter_h", "adapter_l", "adapter_p", "adapter_d", "lora")
@@ -160,7 +160,8 @@ def test_adapters_sit_where_the_paper_puts_them(family, method):
     want = {f"{spec.blocks}.{i}.{getattr(spec, p)}" for i in range(dropped, TINY_LAYERS) for p in places}
     got = {n for n, m in loaded.model.named_modules() if isinstance(m, Adapted)}
     assert got == want
-    has_norm = {isinstance(m.adapter.norm, torch.nn.LayerNorm) for m in loaded.model.modules() if isinstance(m, Adapted)}
+    has_norm = {isinstance(m.adapter.norm, torch.nn.LayerNorm)
+                for m in loaded.model.modules() if isinstance(m, Adapted)}
     assert has_norm == {method == "adapter_l"}
 
 
@@ -199,7 +200,8 @@ def test_prefix_layer_overwrites_every_block_input_at_the_virtual_positions(fami
     embed_out = {}
     embeddings = model.get_submodule(handle.spec.embeddings)
     hooks = [embeddings.register_forward_hook(lambda _m, _a, out: embed_out.setdefault("out", out.detach()))]
-    hooks += [b.register_forward_pre_hook(capture(i), with_kwargs=True) for i, b in enumerate(blocks(model, handle.spec))]
+    hooks += [b.register_forward_pre_hook(capture(i), with_kwargs=True)
+              for i, b in enumerate(blocks(model, handle.spec))]
     raw = make_batch(loaded)
     batch = handle.prepare_batch(raw)
     index = handle.batch_hook.state.index
@@ -316,9 +318,9 @@ def test_insert_virtual_tokens_with_token_labels(side):
     mask = [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]
     if side == "left":  # move the padding to the front
         shift = [1, 2]
-        ids = [r[-s:] + r[:-s] for r, s in zip(ids, shift)]
-        labels = [r[-s:] + r[:-s] for r, s in zip(labels, shift)]
-        mask = [r[-s:] + r[:-s] for r, s in zip(mask, shift)]
+        ids = [r[-s:] + r[:-s] for r, s in zip(ids, shift, strict=True)]
+        labels = [r[-s:] + r[:-s] for r, s in zip(labels, shift, strict=True)]
+        mask = [r[-s:] + r[:-s] for r, s in zip(mask, shift, strict=True)]
     batch = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
     out, pos = insert_virtual_tokens(batch, n_prefix=2, n_infix=1, placeholder_id=P)
     rows = torch.arange(2).unsqueeze(1)
@@ -326,8 +328,8 @@ def test_insert_virtual_tokens_with_token_labels(side):
     assert (out["labels"][rows, pos] == IGNORE_INDEX).all()
     assert (out["attention_mask"][rows, pos] == 1).all()
     for r in range(2):
-        real = [t for t, m in zip(ids[r], mask[r]) if m]
-        new_real = [int(t) for i, (t, m) in enumerate(zip(out["input_ids"][r], out["attention_mask"][r]))
+        real = [t for t, m in zip(ids[r], mask[r], strict=True) if m]
+        new_real = [int(t) for i, (t, m) in enumerate(zip(out["input_ids"][r], out["attention_mask"][r], strict=True))
                     if m and i not in pos[r].tolist()]
         assert new_real == real  # real tokens keep their order
         # prefix right before the first real token; infix right before the first supervised token
@@ -392,7 +394,7 @@ def test_method_state_dict_round_trip():
     src = _lora(seed=0)
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, param in src.model.named_parameters():
+        for param in src.model.parameters():
             if param.requires_grad:  # B away from zero, head away from its init: a "trained" state
                 param.add_(torch.randn_like(param) * 0.1)
     state = method_state_dict(src.model)

@@ -95,7 +95,8 @@ def test_paper_glue_protocols_match_tables_9_and_10(experiment, method, table, e
 
 
 def test_mnli_initialisation_only_where_the_paper_uses_it():
-    init = {t: resolved("+experiment=glue_paper_roberta_base_lora", f"task={t}")["train"]["init_from_task"] for t in TASKS}
+    init = {t: resolved("+experiment=glue_paper_roberta_base_lora", f"task={t}")["train"]["init_from_task"]
+            for t in TASKS}
     assert {t for t, v in init.items() if v == "mnli"} == {"mrpc", "rte", "stsb"}
     houlsby = resolved("+experiment=glue_paper_roberta_large_houlsby", "task=rte", "method=lora")
     assert houlsby["train"]["init_from_task"] is None
@@ -117,11 +118,11 @@ def test_reproduce_runs_init_sources_first_and_refuses_cycles():
 def test_bad_config_stops_before_training():
     cfg = resolved("task=sst2")
     cfg["train"]["epochs"] = -1
-    with pytest.raises(ConfigError, match="train.epochs"):
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
         resolve(cfg)
     cfg = resolved("+experiment=glue_cpu", "task=sst2", "method=lora")
     cfg["method"]["bottleneck"] = 8  # a protocol value for another family: caught after the protocol merge
-    with pytest.raises(ConfigError, match="method.bottleneck"):
+    with pytest.raises(ConfigError, match=r"method\.bottleneck"):
         resolve(cfg)
     with pytest.raises(MissingConfigException, match="no_such_method"):
         resolved("method=no_such_method")
@@ -134,7 +135,8 @@ def test_glue_smoke_config_to_record_to_table(store_root, tmp_path):
     first = subprocess.run(cmd, cwd=REPO_ROOT, env={**_env(), **env}, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     records = RunStore(store_root).records("glue_smoke")
-    assert {(r["task"], r["method"]) for r in records} == {("sst2", "full"), ("sst2", "lora"), ("stsb", "full"), ("stsb", "lora")}
+    assert {(r["task"], r["method"]) for r in records} == {("sst2", "full"), ("sst2", "lora"),
+                                                          ("stsb", "full"), ("stsb", "lora")}
     for record in records:
         assert record["params"]["trainable"] < record["params"]["trainable_with_head"] <= record["params"]["total"]
         assert record["memory"]["peak_rss_bytes"] > 0 and record["timing"]["train_samples_per_s"] > 0
@@ -215,7 +217,8 @@ def test_bf16_run_trains_and_fp16_on_cpu_is_refused(store_root):
 def test_init_from_a_run_without_saved_weights_names_the_fix(store_root):
     common = ["model=tiny_bert", "method=lora", "scale=smoke", "experiment_name=init"]
     run(resolved("task=stsb", *common), RunStore(store_root))  # smoke scale saves no weights
-    with pytest.raises(ConfigError, match="saved no weights .*rerun task=stsb with force=true train.save_weights=true"):
+    fix = r"saved no weights .*rerun task=stsb with force=true train\.save_weights=true"
+    with pytest.raises(ConfigError, match=fix):
         run(resolved("task=sst2", "train.init_from_task=stsb", *common), RunStore(store_root))
     with pytest.raises(ConfigError, match="no completed mrpc run"):
         run(resolved("task=sst2", "train.init_from_task=mrpc", *common), RunStore(store_root))

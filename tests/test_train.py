@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny
 from torch import nn
 
 from lora_repro.config import group_option
@@ -22,7 +23,6 @@ from lora_repro.train import (
     train_loop,
     warmup_steps_for,
 )
-from helpers import tiny
 
 
 def _reference_loss(model: nn.Module, batch: dict, smoothing: float) -> torch.Tensor:
@@ -52,7 +52,7 @@ def test_supervised_positions_loss_equals_the_full_logits_loss(family, method):
     loss = causal_lm_loss(model, dict(batch), 0.1)
     grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    for got, want in zip(grads, expected_grads):
+    for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
@@ -102,7 +102,8 @@ def test_no_decay_on_biases_and_norms():
     names = {id(p): n for n, p in model.named_parameters()}
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(not n.endswith("bias") and "LayerNorm" not in n for n in (names[id(p)] for p in decayed["params"]))
-    assert {names[id(p)] for p in plain["params"]} == {n for n in names.values() if n.endswith("bias") or "LayerNorm" in n}
+    no_decay = {n for n in names.values() if n.endswith("bias") or "LayerNorm" in n}
+    assert {names[id(p)] for p in plain["params"]} == no_decay
 
 
 class _Regression(nn.Module):
@@ -128,7 +129,7 @@ def _loop(data: TaskData, **train):
 
 
 def test_max_steps_stops_training_and_the_best_epoch_is_kept():
-    model, state, measured = _loop(_toy_data(4, [0.2, 0.9, 0.5]), max_steps=6)
+    _model, state, measured = _loop(_toy_data(4, [0.2, 0.9, 0.5]), max_steps=6)
     assert state.step == 6 and measured["timing"]["steps"] == 6
     assert [e["step"] for e in state.history] == [4, 6]  # the second epoch stops at step 6
     assert state.best_epoch == 2 and state.best == {"score": 0.9}

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lora_repro.config import method_label
 from lora_repro.data.nlg import (
     Collator,
     InputGroup,
@@ -32,7 +33,6 @@ from lora_repro.data.nlg import (
     write_e2e_files,
     write_multi_ref_files,
 )
-from lora_repro.config import method_label
 from lora_repro.methods import MethodHandle
 from lora_repro.metrics.e2e import score_e2e
 from lora_repro.metrics.webnlg import score_generation
@@ -109,7 +109,7 @@ def score(metric: str, groups: list[InputGroup], hyps: list[str], out_dir: Path)
     write_multi_ref_files(groups, hyps, out_dir)
     scores: dict[str, float] = {}
     splits = ("all", "seen", "unseen") if any(g.seen is not None for g in groups) else ("all",)
-    hyp_of = {id(g): h for g, h in zip(groups, hyps)}
+    hyp_of = {id(g): h for g, h in zip(groups, hyps, strict=True)}
     for which in splits:
         picked = filter_groups(groups, which)
         if not picked:
@@ -151,11 +151,12 @@ def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) ->
         hyps = generate(model, tokenizer, handle, groups, decode, device)
         # named by the run key too: two configs of one method (a sweep) must not overwrite each other's files
         label = method_label(cfg)
-        out_dir = cache_dir() / "generations" / cfg["experiment_name"] / f"{task['name']}-{label}-s{cfg['seed']}-{run_key(cfg)}"
+        name = f"{task['name']}-{label}-s{cfg['seed']}-{run_key(cfg)}"
+        out_dir = cache_dir() / "generations" / cfg["experiment_name"] / name
         out_dir.mkdir(parents=True, exist_ok=True)
         scores = score(task["metric"], groups, hyps, out_dir)
         samples = [{"input": g.context, "output": h, "reference": g.references[0]}
-                   for g, h in list(zip(groups, hyps))[:SAMPLES_KEPT]]
+                   for g, h in list(zip(groups, hyps, strict=True))[:SAMPLES_KEPT]]
         return {**scores, "decoded_inputs": len(hyps), "samples": samples, "generations_dir": str(out_dir)}
 
     smoothing = float(train_cfg["label_smoothing"])
