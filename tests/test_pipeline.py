@@ -103,7 +103,7 @@ def test_mnli_initialisation_only_where_the_paper_uses_it():
 
 
 def test_reproduce_runs_init_sources_first_and_refuses_cycles():
-    from experiments.reproduce import init_order
+    from lora_repro.protocol import init_order
 
     def cfg(task: str, init: str | None, method: str = "lora") -> dict:
         return {"task": {"name": task}, "method": {"name": method}, "seed": 0, "train": {"init_from_task": init}}
@@ -261,7 +261,7 @@ def test_init_uses_the_keyed_source_run_not_a_later_one_of_another_config(store_
 
 def test_committed_glue_cpu_runs_started_from_the_protocols_source_runs():
     """Provenance of the committed table: each initialised run loaded its protocol's STS-B run."""
-    from experiments.reproduce import init_order
+    from lora_repro.protocol import init_order
 
     protocol = OmegaConf.to_container(compose_config(["+experiment=glue_cpu"]).protocol, resolve=True)
     plan = init_order([resolved("+experiment=glue_cpu", f"task={t}", f"method={m}")
