@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,10 +180,17 @@ def test_wandb_offline_run_holds_the_logged_keys(store_root, tmp_path):
     record = run(cfg, RunStore(store_root))
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
-    logged = runs[0].read_bytes()  # the offline run's protobuf log holds every key as plain bytes
-    for key in ("trainable_params", "best/pearson", "timing/train_s", "memory/peak_rss_bytes", "pearson",
-                "train_loss", "default", record["key"][:6]):  # "default": the experiment group
-        assert key.encode() in logged, key
+    keys = ("trainable_params", "best/pearson", "timing/train_s", "memory/peak_rss_bytes", "pearson",
+            "train_loss", "default", record["key"][:6])  # "default": the experiment group
+    # the offline run's protobuf log holds every key as plain bytes; wandb's service process may still be
+    # writing it when finish() returns, so wait (bounded) for the condition rather than read it once
+    deadline = time.monotonic() + 60
+    while True:
+        missing = [key for key in keys if key.encode() not in runs[0].read_bytes()]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not missing
 
 
 @pytest.mark.slow
