@@ -127,9 +127,9 @@ def run_key(config: Mapping[str, Any]) -> str:
         if not isinstance(section, Mapping) or name not in section:
             continue
         old = old_behaviour(section) if callable(old_behaviour) else old_behaviour
-        if old is not None or not callable(old_behaviour):
-            if section[name] == old:
-                identity[group] = {k: v for k, v in section.items() if k != name}
+        always_hashed = callable(old_behaviour) and old is None  # the preset had the key before
+        if not always_hashed and section[name] == old:
+            identity[group] = {k: v for k, v in section.items() if k != name}
     try:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     except TypeError as err:
