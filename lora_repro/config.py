@@ -1,34 +1,67 @@
-"""Composing configs outside a Hydra main (reports, sweeps, tests) from the same conf/ tree."""
+"""From command-line overrides to one validated run config: compose, apply the protocol, validate.
+
+Precedence, lowest first:
+1. schema defaults (lora_repro/schemas.py), then conf/config.yaml and the chosen group options
+   (task/, model/, method/ presets, scale/, logger/), then an experiment's own values: Hydra;
+2. the protocol block of an experiment (conf/experiment/*.yaml), the one second layer, applied here
+   by `resolve` because its values depend on the method and task being run:
+   `protocol.hparams._all` < `protocol.task_hparams[task]` < `protocol.hparams[method]._all`
+   < `protocol.hparams[method][task]`. Keys name a train field (`lr`) or a method field (`method.r`);
+3. `train.*` and `method.*` overrides given on the command line, re-applied last so they beat (2).
+The protocol block is dropped from the resolved config (it is not part of a run's identity).
+
+`init_source_key` composes the run a config starts from (`train.init_from_task`): the same
+overrides without the init override, with the source task in place of its own.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from lora_repro import schemas
 from lora_repro.paths import REPO_ROOT
+from lora_repro.schemas import ConfigError
+from lora_repro.store import run_key
 
 CONF_DIR = REPO_ROOT / "conf"
+ALL = "_all"
+TASK_KINDS = ("glue", "nlg")
+EXPLICIT_GROUPS = ("train.", "method.")
+METHOD_SCHEMAS = {"finetune": schemas.FineTuneConfig, "lora": schemas.LoRAConfig,
+                  "adapter": schemas.AdapterConfig, "prefix": schemas.PrefixConfig}
+SCHEMA_PREFIX = "/schema/"
+
+__all__ = ["ConfigError", "compose_config", "group_option", "init_source_key", "method_label", "resolve"]
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """The config a Hydra main would see for these overrides."""
+    """The config a Hydra main would see for these overrides (inside a Hydra main: its own conf/)."""
+    schemas.register()
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
 
 
 def group_option(group: str, name: str) -> dict[str, Any]:
-    """One option of a config group (e.g. 'method', 'lora') as a plain dict, its `defaults` merged in."""
+    """One option of a config group (e.g. 'method', 'lora') as a plain dict: its schema, bases and values."""
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise ValueError(f"unknown {group} {name!r}; known: {known} (conf/{group}/)")
     node = OmegaConf.load(path)
     bases = [entry for entry in node.pop("defaults", []) if isinstance(entry, str) and entry != "_self_"]
-    merged = OmegaConf.merge(*[OmegaConf.create(group_option(group, base)) for base in bases], node)
-    return OmegaConf.to_container(merged, resolve=True)
+    layers = [OmegaConf.structured(schemas.SCHEMAS[base[len(SCHEMA_PREFIX):].split("@")[0]])
+              if base.startswith(SCHEMA_PREFIX) else OmegaConf.create(group_option(group, base)) for base in bases]
+    return OmegaConf.to_container(OmegaConf.merge(*layers, node), resolve=True)
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
@@ -55,5 +88,80 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return result
 
 
-def as_dict(cfg: DictConfig | dict) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+def explicit_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """The `train.*` / `method.*` values set on the command line, typed by Hydra's own override parser."""
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if "=" in o])
+    return {o.key_or_group: o.value() for o in parsed
+            if o.key_or_group.startswith(EXPLICIT_GROUPS) and not o.is_delete()}
+
+
+def method_label(cfg: dict) -> str:
+    """The method's name in tables and records: a preset's label (e.g. adapter_h_6m), else its name."""
+    return cfg["method"].get("label") or cfg["method"]["name"]
+
+
+def resolve(composed: dict, overrides: Sequence[str] = ()) -> dict:
+    """The run config: `composed` (a plain dict from `compose_config`) with the protocol's values for
+    its method and task, then the command line's `train.*`/`method.*` overrides, validated."""
+    cfg = copy.deepcopy(composed)
+    protocol = cfg.pop("protocol", None) or {}
+    task, method = cfg["task"]["name"], method_label(cfg)
+    hparams = protocol.get("hparams", {})
+    layers = (hparams.get(ALL, {}), protocol.get("task_hparams", {}).get(task, {}),
+              hparams.get(method, {}).get(ALL, {}), hparams.get(method, {}).get(task, {}))
+    for layer in layers:
+        for key, value in layer.items():
+            section, _, name = key.rpartition(".")
+            cfg[section or "train"][name] = value
+    for dotted, value in explicit_overrides(overrides).items():
+        section, name = dotted.split(".", 1)
+        cfg[section][name] = value
+    validate(cfg)
+    return cfg
+
+
+def resolve_overrides(overrides: Sequence[str]) -> dict:
+    """Compose and resolve in one call (reports, tests, the reproduce driver)."""
+    return resolve(OmegaConf.to_container(compose_config(overrides), resolve=True), overrides)
+
+
+def method_config(method: dict) -> schemas.MethodConfig:
+    """A method dict as its family's typed config (the family is the method registry's)."""
+    from lora_repro.methods import family_of
+
+    return schemas.typed(METHOD_SCHEMAS[family_of(method["name"])], method, "method")
+
+
+def validate(cfg: dict) -> None:
+    """Type and range checks of every group (schemas.py), then what needs the machine: the device."""
+    kind = cfg["task"].get("kind")
+    if kind not in TASK_KINDS:
+        raise ConfigError(f"task.kind={kind!r} has no runner; known: {TASK_KINDS}")
+    train = schemas.typed(schemas.TrainConfig, cfg["train"], "train")
+    schemas.typed(schemas.GlueTaskConfig if kind == "glue" else schemas.NLGTaskConfig, cfg["task"], "task")
+    method_config(cfg["method"])
+    if train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    if train.precision == "fp16" and device_for(train.device).type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+
+
+def device_for(device: str) -> torch.device:
+    """`train.device` as a torch device (auto: CUDA when visible)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def init_source_key(overrides: Sequence[str]) -> str | None:
+    """The key of the run that a run starts from (`train.init_from_task`), or None.
+
+    The source is the same composition (protocol, method, seed, every other override) with the
+    source task in place of the run's own and without the command line's init override, so
+    `task=rte` then `train.init_from_task=rte` finds the first run.
+    """
+    source = resolve_overrides(overrides)["train"]["init_from_task"]
+    if not source:
+        return None
+    rest = [o for o in overrides if o.lstrip("+~").split("=")[0] not in ("train.init_from_task", "task")]
+    return run_key(resolve_overrides([*rest, f"task={source}"]))

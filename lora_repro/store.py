@@ -88,7 +88,23 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "status": str,
 }
 _PARAM_FIELDS = ("trainable", "trainable_with_head", "total")
-KEYS_ADDED_LATER = {("train", "precision"): "fp32"}
+_OLD_ADAPTER_PLACEMENT = {"adapter_h": ["attn_out", "ffn_out"], "adapter_d": ["attn_out", "ffn_out"],
+                          "adapter_l": ["ffn_out"], "adapter_p": ["ffn_out"]}
+# (group, key) -> the value that reproduces the behaviour from before the key existed; a callable
+# takes the group's dict and returns it, when it depended on the preset (None: the preset always had
+# the key, so it is hashed); `_ANY` when every value of a key that did not exist was implied.
+KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {
+    ("train", "precision"): "fp32",
+    # typed configs (lora_repro/schemas.py) made every preset's implicit choices explicit fields
+    ("method", "label"): None,
+    ("method", "top_k"): None,
+    ("method", "placement"): lambda m: _OLD_ADAPTER_PLACEMENT.get(m["name"]),
+    ("method", "layer_norm"): lambda m: None if m["name"] == "adapter_l" else False,
+    ("method", "drop_layers"): lambda m: None if m["name"] == "adapter_d" else 0,
+    ("method", "init_std"): lambda m: 0.01 if m["name"].startswith("adapter_") else None,
+    ("method", "per_layer"): lambda m: m["name"] == "prefix_layer",
+    **{("model", name): None for name in ("hub_id", "package", "subdir", "format", "gguf_file", "shape")},
+}
 _KEY_PATTERN = re.compile(r"[0-9a-f]{16}")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -107,8 +123,13 @@ def run_key(config: Mapping[str, Any]) -> str:
     """
     identity = {name: value for name, value in config.items() if name not in IGNORED_CONFIG_KEYS}
     for (group, name), old_behaviour in KEYS_ADDED_LATER.items():
-        if isinstance(identity.get(group), Mapping) and identity[group].get(name, old_behaviour) == old_behaviour:
-            identity[group] = {k: v for k, v in identity[group].items() if k != name}
+        section = identity.get(group)
+        if not isinstance(section, Mapping) or name not in section:
+            continue
+        old = old_behaviour(section) if callable(old_behaviour) else old_behaviour
+        always_hashed = callable(old_behaviour) and old is None  # the preset had the key before
+        if not always_hashed and section[name] == old:
+            identity[group] = {k: v for k, v in section.items() if k != name}
     try:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     except TypeError as err:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 
 from lora_repro.measure import MemoryMeter
 from lora_repro.methods import MethodHandle, method_state_dict
+from lora_repro.schemas import TrainConfig
+from lora_repro.tasks.base import TaskData
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,11 @@ class TrainState:
     best_weights: dict[str, torch.Tensor] | None = None
 
 
+def train_config(train_cfg: TrainConfig | Mapping) -> TrainConfig:
+    """A train config as its typed object; a dict names only what differs from the schema's defaults."""
+    return train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig(**train_cfg)
+
+
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.AdamW:
     """AdamW over trainable parameters; no decay on biases and norms (as HF Trainer, used by the paper's NLU code)."""
     decay, no_decay = [], []
@@ -54,7 +61,10 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, eps
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr over `warmup_steps`, then linear decay to 0 at `total_steps`."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
@@ -63,21 +73,26 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def warmup_steps_for(train_cfg: dict, total_steps: int) -> int:
-    if train_cfg.get("warmup_steps"):
-        return int(train_cfg["warmup_steps"])
-    return int(math.ceil(float(train_cfg.get("warmup_ratio") or 0.0) * total_steps))
+def warmup_steps_for(train_cfg: TrainConfig, total_steps: int) -> int:
+    """`warmup_steps` when set, else `warmup_ratio` of the total steps (rounded up)."""
+    if train_cfg.warmup_steps:
+        return train_cfg.warmup_steps
+    return math.ceil(train_cfg.warmup_ratio * total_steps)
 
 
-def autocast(train_cfg: dict, device: torch.device) -> contextlib.AbstractContextManager:
+def total_steps_for(train_cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """epochs x batches, capped by `max_steps` when set."""
+    total = steps_per_epoch * train_cfg.epochs
+    return total if train_cfg.max_steps is None else min(total, train_cfg.max_steps)
+
+
+def autocast(train_cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """Mixed precision for forward passes (`train.precision`); weights and optimizer state stay fp32.
 
     bf16 autocast runs on CPUs with AVX512-BF16 (1.5-1.7x faster steps on this project's EPYC
     machines) and on CUDA; fp16 needs CUDA and a gradient scaler (see `train_loop`).
     """
-    precision = train_cfg.get("precision") or "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"train.precision={precision!r} is not one of {sorted(PRECISIONS)}")
+    precision = train_cfg.precision
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"train.precision=fp16 needs a CUDA device (got {device}); use bf16 or fp32 on CPU")
     if PRECISIONS[precision] is None:
@@ -106,53 +121,43 @@ def causal_lm_loss(model: nn.Module, batch: dict, label_smoothing: float) -> tor
 
 def train_loop(
     model: nn.Module,
-    handle: MethodHandle,
-    train_batches: Iterable[dict],
-    steps_per_epoch: int,
-    evaluate: Callable[[nn.Module], dict[str, float]],
-    headline: str,
-    train_cfg: dict,
+    method: MethodHandle,
+    data: TaskData,
+    train_cfg: TrainConfig | Mapping,
     device: torch.device,
-    causal: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    maximize: bool = True,
 ) -> tuple[TrainState, dict[str, Any]]:
-    """Train for train_cfg['epochs'] epochs (or max_steps), evaluating after each; keep the best epoch."""
-    epochs = int(train_cfg["epochs"])
-    if epochs == 0:
-        return evaluate_untrained(model, evaluate, device, train_cfg)
-    total = steps_per_epoch * epochs
-    if train_cfg.get("max_steps"):
-        total = min(total, int(train_cfg["max_steps"]))
-    optimizer = build_optimizer(model, float(train_cfg["lr"]), float(train_cfg["weight_decay"]),
-                                train_cfg["adam_betas"], float(train_cfg["adam_eps"]))
+    """Train for `epochs` epochs (or `max_steps`), evaluating after each; keep the best epoch's weights."""
+    train_cfg = train_config(train_cfg)
+    if train_cfg.epochs == 0:
+        return evaluate_untrained(model, data.evaluate, device, train_cfg)
+    total = total_steps_for(train_cfg, data.steps_per_epoch)
+    optimizer = build_optimizer(model, train_cfg.lr, train_cfg.weight_decay, train_cfg.adam_betas, train_cfg.adam_eps)
     state = TrainState(model, optimizer, linear_schedule(optimizer, warmup_steps_for(train_cfg, total), total))
-    smoothing = float(train_cfg.get("label_smoothing") or 0.0)
-    clip = float(train_cfg.get("grad_clip") or 0.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
     amp = autocast(train_cfg, device)  # built once: the step loop only enters it
-    scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.get("precision") == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
     meter = MemoryMeter(device)
     samples = tokens = 0
     train_seconds = eval_seconds = 0.0
     with meter:
-        while state.epoch < epochs and state.step < total:
+        while state.epoch < train_cfg.epochs and state.step < total:
             model.train()
             started = time.perf_counter()
             running = torch.zeros((), device=device)
             seen = 0
-            bar = tqdm(train_batches, total=steps_per_epoch, desc=f"epoch {state.epoch + 1}/{epochs}",
-                       leave=False, mininterval=2.0)
+            bar = tqdm(data.train_batches, total=data.steps_per_epoch,
+                       desc=f"epoch {state.epoch + 1}/{train_cfg.epochs}", leave=False, mininterval=2.0)
             for batch in bar:
-                batch = move(handle.prepare_batch(batch), device)
+                batch = move(method.prepare_batch(batch), device)
                 samples += batch["input_ids"].shape[0]
                 tokens += int(batch["attention_mask"].sum())
                 with amp:
-                    loss = causal_lm_loss(model, batch, smoothing) if causal else model(**batch).loss
+                    loss = data.loss(model, batch)
                 scaler.scale(loss).backward()
-                if clip > 0:
+                if train_cfg.grad_clip > 0:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, clip)
+                    torch.nn.utils.clip_grad_norm_(trainable, train_cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 state.scheduler.step()
@@ -169,14 +174,14 @@ def train_loop(
             started = time.perf_counter()
             model.eval()
             with amp:
-                metrics = evaluate(model)
+                metrics = data.evaluate(model)
             eval_seconds += time.perf_counter() - started
             entry = {"epoch": state.epoch, "step": state.step, "train_loss": running.item() / max(1, seen), **metrics}
             state.history.append(entry)
             log.info("epoch %d: %s", state.epoch, {k: round(v, 4) for k, v in entry.items() if isinstance(v, float)})
             if on_epoch:
                 on_epoch(entry)
-            if state.best is None or _better(metrics[headline], state.best[headline], maximize):
+            if state.best is None or is_better(metrics[data.headline], state.best[data.headline], data.maximize):
                 state.best, state.best_epoch = dict(metrics), state.epoch
                 state.best_weights = method_state_dict(model)
     timing = {
@@ -192,19 +197,21 @@ def train_loop(
 
 
 def evaluate_untrained(model: nn.Module, evaluate, device: torch.device,
-                       train_cfg: dict | None = None) -> tuple[TrainState, dict[str, Any]]:
+                       train_cfg: TrainConfig) -> tuple[TrainState, dict[str, Any]]:
     """epochs=0: the model as loaded (plus an identity-initialised method), evaluated once."""
     meter = MemoryMeter(device)
-    with meter, autocast(train_cfg or {}, device):
+    with meter, autocast(train_cfg, device):
         model.eval()
         started = time.perf_counter()
         metrics = evaluate(model)
-    state = TrainState(model, None, None, history=[{"epoch": 0, "step": 0, **metrics}], best=dict(metrics), best_epoch=0)
+    state = TrainState(model, None, None, history=[{"epoch": 0, "step": 0, **metrics}], best=dict(metrics),
+                       best_epoch=0)
     return state, {"timing": {"train_s": 0.0, "eval_s": round(time.perf_counter() - started, 3), "steps": 0},
                    "memory": meter.summary(model)}
 
 
-def _better(value: float, best: float, maximize: bool) -> bool:
+def is_better(value: float, best: float, maximize: bool) -> bool:
+    """Whether an epoch's headline beats the best so far; NaN never wins, and anything beats a NaN best."""
     if math.isnan(value):
         return False
     return math.isnan(best) or (value > best if maximize else value < best)

@@ -6,11 +6,10 @@ grid, on a machine with a GPU (the project's `device` tool lends one to some ses
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lora_repro.bench import latency
-from lora_repro.config import compose_config, group_option
-from lora_repro.run import resolve, run
+from lora_repro.config import group_option, resolve_overrides
+from lora_repro.run import run
 from lora_repro.store import RunStore
 
 pytestmark = pytest.mark.skipif(
@@ -27,9 +26,8 @@ def test_cuda_timer_uses_events():
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
 def test_training_on_cuda_records_gpu_memory(precision, store_root):
-    cfg = resolve(OmegaConf.to_container(compose_config(
-        ["task=stsb", "model=tiny_bert", "method=lora", "scale=smoke", "train.device=cuda",
-         f"train.precision={precision}", f"experiment_name=cuda_{precision}"]), resolve=True))
+    cfg = resolve_overrides(["task=stsb", "model=tiny_bert", "method=lora", "scale=smoke", "train.device=cuda",
+                             f"train.precision={precision}", f"experiment_name=cuda_{precision}"])
     record = run(cfg, RunStore(store_root))
     memory = record["memory"]
     assert record["status"] == "completed" and memory["device"].startswith("cuda")

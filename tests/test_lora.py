@@ -14,11 +14,13 @@ import math
 import peft
 import pytest
 import torch
+from helpers import FAMILIES
+from helpers import tiny as tiny_loaded
 from transformers.pytorch_utils import Conv1D
 
 from lora_repro.methods import apply_method, lora
 from lora_repro.methods.lora import LoRABranch, LoRALinear
-from helpers import FAMILIES, tiny as tiny_loaded
+from lora_repro.schemas import ConfigError
 
 ALL_TARGETS = ["q", "k", "v", "o", "mlp"]
 
@@ -76,13 +78,16 @@ def test_branch_init_and_scaling():
         torch.testing.assert_close(kaiming.delta_weight(), kaiming.lora_B @ kaiming.lora_A * 1.0)
 
 
-def test_alpha_defaults_to_the_first_rank_and_ranks_can_differ_per_target():
+def test_alpha_is_explicit_and_ranks_can_differ_per_target():
     model = tiny_model("roberta")
-    apply_method(model, {"name": "lora", "targets": ["q", "v"], "r": {"q": 2, "v": 4}, "alpha": None})
+    for alpha in (None, 0):  # alpha is never derived from r: missing or 0 is refused, not replaced by r
+        with pytest.raises(ConfigError, match=r"method\.alpha"):
+            apply_method(model, {"name": "lora", "targets": ["q", "v"], "r": 2, "alpha": alpha})
+    apply_method(model, {"name": "lora", "targets": ["q", "v"], "r": {"q": 2, "v": 4}, "alpha": 2})
     layer0 = model.roberta.encoder.layer[0].attention.self
     q, v = layer0.query.branches["all"], layer0.value.branches["all"]
     assert q.lora_A.shape == (2, 32) and v.lora_A.shape == (4, 32)
-    assert q.scaling == 1.0 and v.scaling == 0.5  # alpha = first rank (2); scaling = alpha / r
+    assert q.scaling == 1.0 and v.scaling == 0.5  # scaling = alpha / r
 
     gpt2 = tiny_model("gpt2")
     apply_method(gpt2, {"name": "lora", "targets": ["q", "v"], "r": {"q": 2, "v": 4}, "alpha": 8})
@@ -289,3 +294,28 @@ def test_matches_peft_on_gpt2_fused_c_attn():
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
         # PEFT's k rows get a gradient: its function class adapts W_k too, ours does not
         assert gb[d:2 * d].abs().max() > 0
+
+
+def test_training_a_merged_model_unmerges_and_trains_lora():
+    """A merged layer returns the base output (no LoRA gradient); train() must take ΔW out first."""
+    model = tiny_model("roberta")
+    apply_method(model, lora_cfg(r=2))
+    layers = lora.lora_layers(model)
+    for layer in layers:
+        for branch in layer.branches.values():
+            torch.nn.init.normal_(branch.lora_B, std=0.1)  # ΔW != 0, so merging changes W0
+    base_weight = layers[0].base.weight.detach().clone()
+    model.eval()
+    expected = model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits
+    lora.merge(model)
+    assert all(layer.merged for layer in layers)
+    model.train()
+    assert not any(layer.merged for layer in layers)
+    torch.testing.assert_close(layers[0].base.weight, base_weight)  # W0 back, ΔW in the branches again
+    model.eval()
+    torch.testing.assert_close(model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits, expected)
+    model.train()
+    loss = model(input_ids=torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), labels=torch.tensor([0, 1])).loss
+    loss.backward()
+    assert all(b.lora_A.grad is not None and b.lora_A.grad.abs().sum() > 0
+               for layer in layers for b in layer.branches.values())

@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from helpers import FAMILIES, tiny
 
 from lora_repro.config import group_option
 from lora_repro.methods import (
@@ -27,7 +28,6 @@ from lora_repro.methods.lora import LoRALinear
 from lora_repro.methods.prefix import IGNORE_INDEX, insert_virtual_tokens
 from lora_repro.models import load_model
 from lora_repro.models.arch import blocks, hidden_size, is_head_param
-from helpers import FAMILIES, tiny
 
 METHOD_NAMES = ("full", "ft_top2", "bitfit", "prefix_embed", "prefix_layer",
                 "adapter_h", "adapter_l", "adapter_p", "adapter_d", "lora")
@@ -160,7 +160,8 @@ def test_adapters_sit_where_the_paper_puts_them(family, method):
     want = {f"{spec.blocks}.{i}.{getattr(spec, p)}" for i in range(dropped, TINY_LAYERS) for p in places}
     got = {n for n, m in loaded.model.named_modules() if isinstance(m, Adapted)}
     assert got == want
-    has_norm = {isinstance(m.adapter.norm, torch.nn.LayerNorm) for m in loaded.model.modules() if isinstance(m, Adapted)}
+    has_norm = {isinstance(m.adapter.norm, torch.nn.LayerNorm)
+                for m in loaded.model.modules() if isinstance(m, Adapted)}
     assert has_norm == {method == "adapter_l"}
 
 
@@ -199,7 +200,8 @@ def test_prefix_layer_overwrites_every_block_input_at_the_virtual_positions(fami
     embed_out = {}
     embeddings = model.get_submodule(handle.spec.embeddings)
     hooks = [embeddings.register_forward_hook(lambda _m, _a, out: embed_out.setdefault("out", out.detach()))]
-    hooks += [b.register_forward_pre_hook(capture(i), with_kwargs=True) for i, b in enumerate(blocks(model, handle.spec))]
+    hooks += [b.register_forward_pre_hook(capture(i), with_kwargs=True)
+              for i, b in enumerate(blocks(model, handle.spec))]
     raw = make_batch(loaded)
     batch = handle.prepare_batch(raw)
     index = handle.batch_hook.state.index
@@ -251,15 +253,22 @@ def test_bitfit_on_llama_raises_a_clear_error():
 
 
 @pytest.mark.parametrize("cfg, match", [
-    ({"name": "adapter_d", "bottleneck": 4, "drop_layers": 2}, r"drop_layers=2 must be in \[0, 1\]"),
+    ({"name": "adapter_d", "bottleneck": 4, "drop_layers": 2}, r"drop_layers=2 must be < 2"),
     ({"name": "ft_top2", "top_k": 3}, r"top_k=3 must be in \[1, 2\]"),
-    ({"name": "ft_top2", "top_k": 0}, r"top_k=0"),
+    ({"name": "ft_top2", "top_k": 0}, r"top_k must be >= 1, got 0"),
     ({"name": "prefix_embed", "prefix_length": 0, "infix_length": 0}, "prefix_length"),
-    ({"name": "adapter_h", "bottleneck": 0}, "bottleneck must be >= 1"),
-    ({"name": "adapter_h", "bottleneck": 4, "activation": "softsign"}, "unknown adapter activation"),
+    ({"name": "adapter_h", "bottleneck": 0}, "bottleneck must be an integer >= 1"),
+    ({"name": "adapter_h", "bottleneck": 4, "activation": "softsign"}, "activation='softsign' is not one of"),
     ({"name": "lora", "targets": ["q", "v"], "r": {"q": 4}}, r"no rank for target\(s\) \['v'\]"),
-    ({"name": "lora", "targets": ["q"], "r": 4, "init": "xavier"}, "unknown LoRA init"),
-    ({"name": "lora", "targets": ["ffn"], "r": 4}, "unknown weight type"),
+    ({"name": "lora", "targets": ["q"], "r": 4, "init": "xavier"}, "init='xavier' is not one of"),
+    ({"name": "lora", "targets": ["ffn"], "r": 4}, r"targets has unknown \['ffn'\]"),
+        ({"name": "lora", "targets": [], "r": 4}, "targets is empty"),
+        ({"name": "lora", "targets": ["q"], "r": 2.5}, "r must be an integer >= 1"),
+        ({"name": "lora", "targets": ["q"], "r": 0}, "r must be an integer >= 1"),
+        ({"name": "lora", "targets": ["q"], "r": 4, "alpha": 0}, "alpha must be > 0"),
+        ({"name": "lora", "targets": ["q"], "r": 4, "rank": 4}, "method.rank"),
+        ({"name": "lora", "targets": ["q"], "r": 4, "dropout": "high"}, "method.dropout"),
+        ({"name": "prefix_layer", "prefix_length": -1, "infix_length": 4}, "prefix_length"),
 ])
 def test_bad_method_configs_raise(cfg, match):
     with pytest.raises(ValueError, match=match):
@@ -309,9 +318,9 @@ def test_insert_virtual_tokens_with_token_labels(side):
     mask = [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]
     if side == "left":  # move the padding to the front
         shift = [1, 2]
-        ids = [r[-s:] + r[:-s] for r, s in zip(ids, shift)]
-        labels = [r[-s:] + r[:-s] for r, s in zip(labels, shift)]
-        mask = [r[-s:] + r[:-s] for r, s in zip(mask, shift)]
+        ids = [r[-s:] + r[:-s] for r, s in zip(ids, shift, strict=True)]
+        labels = [r[-s:] + r[:-s] for r, s in zip(labels, shift, strict=True)]
+        mask = [r[-s:] + r[:-s] for r, s in zip(mask, shift, strict=True)]
     batch = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
     out, pos = insert_virtual_tokens(batch, n_prefix=2, n_infix=1, placeholder_id=P)
     rows = torch.arange(2).unsqueeze(1)
@@ -319,8 +328,8 @@ def test_insert_virtual_tokens_with_token_labels(side):
     assert (out["labels"][rows, pos] == IGNORE_INDEX).all()
     assert (out["attention_mask"][rows, pos] == 1).all()
     for r in range(2):
-        real = [t for t, m in zip(ids[r], mask[r]) if m]
-        new_real = [int(t) for i, (t, m) in enumerate(zip(out["input_ids"][r], out["attention_mask"][r]))
+        real = [t for t, m in zip(ids[r], mask[r], strict=True) if m]
+        new_real = [int(t) for i, (t, m) in enumerate(zip(out["input_ids"][r], out["attention_mask"][r], strict=True))
                     if m and i not in pos[r].tolist()]
         assert new_real == real  # real tokens keep their order
         # prefix right before the first real token; infix right before the first supervised token
@@ -385,7 +394,7 @@ def test_method_state_dict_round_trip():
     src = _lora(seed=0)
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, param in src.model.named_parameters():
+        for param in src.model.parameters():
             if param.requires_grad:  # B away from zero, head away from its init: a "trained" state
                 param.add_(torch.randn_like(param) * 0.1)
     state = method_state_dict(src.model)

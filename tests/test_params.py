@@ -67,10 +67,10 @@ def test_lora_count_with_gqa_and_mlp_targets():
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("method, l_hat, l_ln", [
-    ({"name": "adapter_h", "bottleneck": 8}, 2 * L, 0),
-    ({"name": "adapter_l", "bottleneck": 8}, L, L),
-    ({"name": "adapter_p", "bottleneck": 16}, L, 0),
-    ({"name": "adapter_d", "bottleneck": 8, "drop_layers": 1}, 2 * (L - 1), 0),
+    ({**group_option("method", "adapter_h"), "bottleneck": 8}, 2 * L, 0),
+    ({**group_option("method", "adapter_l"), "bottleneck": 8}, L, L),
+    ({**group_option("method", "adapter_p"), "bottleneck": 16}, L, 0),
+    ({**group_option("method", "adapter_d"), "bottleneck": 8, "drop_layers": 1}, 2 * (L - 1), 0),
 ], ids=["h", "l", "p", "d"])
 def test_adapter_count_formula(family, method, l_hat, l_ln):
     counts, head = tiny_counts(family, method)
@@ -82,9 +82,10 @@ def test_adapter_count_formula(family, method, l_hat, l_ln):
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("l_p, l_i", [(16, 8), (3, 0), (0, 2)])
 def test_prefix_count_formulas(family, l_p, l_i):
-    embed, _ = tiny_counts(family, {"name": "prefix_embed", "prefix_length": l_p, "infix_length": l_i})
+    lengths = {"prefix_length": l_p, "infix_length": l_i}
+    embed, _ = tiny_counts(family, {**group_option("method", "prefix_embed"), **lengths})
     assert embed["trainable_params"] == D * (l_p + l_i)
-    layer, _ = tiny_counts(family, {"name": "prefix_layer", "prefix_length": l_p, "infix_length": l_i})
+    layer, _ = tiny_counts(family, {**group_option("method", "prefix_layer"), **lengths})
     assert layer["trainable_params"] == L * D * (l_p + l_i)
 
 

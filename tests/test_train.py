@@ -1,15 +1,28 @@
-"""The training loop's causal-LM loss: the head runs only where a label is supervised."""
+"""The training loop: causal-LM loss at supervised positions, best-epoch choice, warm-up and the
+linear schedule, max_steps, no-decay groups, gradient clipping."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from helpers import tiny
 from torch import nn
 
 from lora_repro.config import group_option
 from lora_repro.methods import apply_method
-from lora_repro.train import causal_lm_loss
-from helpers import tiny
+from lora_repro.schemas import ConfigError, TrainConfig
+from lora_repro.tasks.base import TaskData
+from lora_repro.train import (
+    build_optimizer,
+    causal_lm_loss,
+    is_better,
+    linear_schedule,
+    total_steps_for,
+    train_loop,
+    warmup_steps_for,
+)
 
 
 def _reference_loss(model: nn.Module, batch: dict, smoothing: float) -> torch.Tensor:
@@ -39,5 +52,93 @@ def test_supervised_positions_loss_equals_the_full_logits_loss(family, method):
     loss = causal_lm_loss(model, dict(batch), 0.1)
     grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    for got, want in zip(grads, expected_grads):
+    for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("value, best, maximize, better", [
+    (0.9, 0.8, True, True), (0.7, 0.8, True, False),
+    (0.7, 0.8, False, True), (0.9, 0.8, False, False),  # a loss: lower wins
+    (math.nan, 0.8, True, False), (math.nan, 0.8, False, False),  # NaN never wins
+    (0.1, math.nan, True, True), (5.0, math.nan, False, True),  # anything beats a NaN best
+    (0.8, 0.8, True, False),  # ties keep the earlier epoch
+])
+def test_best_epoch_choice(value, best, maximize, better):
+    assert is_better(value, best, maximize) is better
+
+
+def test_warmup_then_linear_decay_to_zero():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = linear_schedule(optimizer, warmup_steps=4, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+
+
+def test_warmup_steps_win_over_the_ratio_and_max_steps_caps_the_total():
+    assert warmup_steps_for(TrainConfig(warmup_steps=7, warmup_ratio=0.5), 100) == 7
+    assert warmup_steps_for(TrainConfig(warmup_ratio=0.06), 101) == 7  # ceil(6.06)
+    assert total_steps_for(TrainConfig(epochs=3), 10) == 30
+    assert total_steps_for(TrainConfig(epochs=3, max_steps=12), 10) == 12
+    assert total_steps_for(TrainConfig(epochs=1, max_steps=50), 10) == 10
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"max_steps": 0}, "train.max_steps"), ({"lr": 0.0}, "train.lr"), ({"batch_size": 0}, "train.batch_size"),
+    ({"epochs": -1}, "train.epochs"), ({"precision": "fp8"}, "train.precision"),
+])
+def test_bad_train_values_name_the_key(values, key):
+    with pytest.raises(ConfigError, match=key):
+        TrainConfig(**values)
+
+
+def test_no_decay_on_biases_and_norms():
+    model = tiny("bert").model
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8)
+    decayed, plain = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(not n.endswith("bias") and "LayerNorm" not in n for n in (names[id(p)] for p in decayed["params"]))
+    no_decay = {n for n in names.values() if n.endswith("bias") or "LayerNorm" in n}
+    assert {names[id(p)] for p in plain["params"]} == no_decay
+
+
+class _Regression(nn.Module):
+    """y = w x: one weight, a loss we can reason about."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+
+def _toy_data(batches: int, headline_values: list[float] | None = None) -> TaskData:
+    data = [{"input_ids": torch.ones(1, 2, dtype=torch.long), "attention_mask": torch.ones(1, 2)}] * batches
+    values = iter(headline_values or [0.0] * 100)
+    return TaskData(data, batches, lambda model, batch: ((model.w - 100.0) ** 2).sum(),
+                    lambda model: {"score": next(values)}, "score")
+
+
+def _loop(data: TaskData, **train):
+    model = _Regression()
+    handle = type("Handle", (), {"prepare_batch": staticmethod(lambda batch: batch)})()
+    cfg = {"lr": 1.0, "epochs": 3, "warmup_ratio": 0.0, "weight_decay": 0.0, "adam_eps": 1e-8, **train}
+    return model, *train_loop(model, handle, data, cfg, torch.device("cpu"))
+
+
+def test_max_steps_stops_training_and_the_best_epoch_is_kept():
+    _model, state, measured = _loop(_toy_data(4, [0.2, 0.9, 0.5]), max_steps=6)
+    assert state.step == 6 and measured["timing"]["steps"] == 6
+    assert [e["step"] for e in state.history] == [4, 6]  # the second epoch stops at step 6
+    assert state.best_epoch == 2 and state.best == {"score": 0.9}
+    _, state_min, _ = _loop(_toy_data(2, [0.2, math.nan, 0.5]))
+    assert state_min.best_epoch == 3  # NaN skipped, 0.5 > 0.2
+
+
+def test_gradient_clipping_clips_the_gradient_the_optimizer_sees():
+    # one step on loss (w - 100)^2 from w = 0: gradient -200; AdamW's first moment is 0.1 x the gradient it got
+    for clip, grad in ((0.0, -200.0), (0.5, -0.5)):
+        model, state, _ = _loop(_toy_data(1), grad_clip=clip, epochs=1)
+        assert state.optimizer.state[model.w]["exp_avg"].item() == pytest.approx(0.1 * grad)

@@ -199,6 +199,8 @@ def job_ours(spec: JobSpec, group_by_length: bool = True) -> dict[str, Any]:
 
     from lora_repro.data.glue import make_loader
     from lora_repro.methods import apply_method, count_params
+    from lora_repro.tasks.base import TaskData
+    from lora_repro.tasks.glue import classifier_loss
     from lora_repro.train import train_loop
 
     loaded, encoded = _setup(spec)
@@ -227,8 +229,8 @@ def job_ours(spec: JobSpec, group_by_length: bool = True) -> dict[str, Any]:
         raise ValueError(f"steps={spec.steps} exceeds one epoch ({steps_per_epoch} batches); the step clock "
                          "times one epoch (no evaluation inside the timed steps)")
     started = time.perf_counter()
-    _, measured = train_loop(model, handle, Profiled(), steps_per_epoch, lambda m: {"none": 0.0}, "none",
-                             train_cfg, torch.device("cpu"), causal=False)
+    data = TaskData(Profiled(), steps_per_epoch, classifier_loss, lambda m: {"none": 0.0}, "none")
+    _, measured = train_loop(model, handle, data, train_cfg, torch.device("cpu"))
     wall = time.perf_counter() - started
     stamps = clock.stamps[: spec.steps + 1]
     return {

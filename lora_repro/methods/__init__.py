@@ -1,7 +1,12 @@
-"""The paper's methods, one registry: name -> how to apply it to a model.
+"""The paper's methods, one registry: name -> (config family, how to apply it to a model).
 
-`apply_method` freezes the model, lets the method insert its modules and mark what trains, then
-unfreezes the task head (every method trains the head; the paper's counts exclude it).
+`apply_method` types the method config by its family's schema (lora_repro/schemas.py), freezes the
+model, lets the method insert its modules and mark what trains, then unfreezes the task head
+(every method trains the head; the paper's counts exclude it). Variants of a family (adapter_h/l/p/d,
+prefix_embed/layer) are presets of values in conf/method/, applied by the same function.
+
+To add a method: a module here with `apply(model, spec, cfg)`, a schema in schemas.py (or an existing
+family), a `METHODS` entry, and a preset in conf/method/<name>.yaml naming its schema.
 """
 
 from __future__ import annotations
@@ -14,25 +19,27 @@ from torch import nn
 
 from lora_repro.methods import adapters, finetune, lora, prefix
 from lora_repro.models.arch import ArchSpec, is_head_param, spec_for
+from lora_repro.schemas import ConfigError, MethodConfig
 
-Apply = Callable[[nn.Module, ArchSpec, Mapping], object]
+Apply = Callable[[nn.Module, ArchSpec, MethodConfig], object]
 
-METHODS: dict[str, Apply] = {
-    "none": finetune.apply_none,
-    "full": finetune.apply_full,
-    "ft_top2": finetune.apply_top_k,
-    "bitfit": finetune.apply_bitfit,
-    "prefix_embed": prefix.apply,
-    "prefix_layer": prefix.apply,
-    "adapter_h": adapters.apply,
-    "adapter_l": adapters.apply,
-    "adapter_p": adapters.apply,
-    "adapter_d": adapters.apply,
-    "lora": lora.apply,
+# name -> (family: the key of its schema in config.METHOD_SCHEMAS, apply)
+METHODS: dict[str, tuple[str, Apply]] = {
+    "none": ("finetune", finetune.apply_none),
+    "full": ("finetune", finetune.apply_full),
+    "ft_top2": ("finetune", finetune.apply_top_k),
+    "bitfit": ("finetune", finetune.apply_bitfit),
+    "prefix_embed": ("prefix", prefix.apply),
+    "prefix_layer": ("prefix", prefix.apply),
+    "adapter_h": ("adapter", adapters.apply),
+    "adapter_l": ("adapter", adapters.apply),
+    "adapter_p": ("adapter", adapters.apply),
+    "adapter_d": ("adapter", adapters.apply),
+    "lora": ("lora", lora.apply),
 }
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(ConfigError):
     """A method name that the registry does not hold."""
 
 
@@ -48,15 +55,23 @@ class MethodHandle:
         return self.batch_hook.prepare_batch(batch) if self.batch_hook else batch
 
 
-def apply_method(model: nn.Module, cfg: Mapping) -> MethodHandle:
-    """Apply the method named by cfg['name'] in place and return its handle."""
-    name = cfg["name"]
+def family_of(name: str) -> str:
+    """The config family of a method name (finetune, lora, adapter, prefix)."""
     if name not in METHODS:
         raise UnknownMethodError(f"unknown method {name!r}; known: {sorted(METHODS)} (conf/method/*.yaml)")
+    return METHODS[name][0]
+
+
+def apply_method(model: nn.Module, cfg: Mapping | MethodConfig) -> MethodHandle:
+    """Apply the method that `cfg` configures (a typed config, or a dict typed here) in place; return its handle."""
+    from lora_repro.config import method_config
+
+    typed = cfg if isinstance(cfg, MethodConfig) else method_config(dict(cfg))
+    name = typed.name
     spec = spec_for(model)
     for param in model.parameters():
         param.requires_grad_(False)
-    hook = METHODS[name](model, spec, cfg)
+    hook = METHODS[name][1](model, spec, typed)
     for pname, param in model.named_parameters():
         if is_head_param(pname, spec):
             param.requires_grad_(True)

@@ -16,9 +16,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from lora_repro.models.arch import QKV_SLICE, ArchSpec, block_linears, blocks
-
-INITS = ("gaussian", "kaiming")
+from lora_repro.models.arch import QKV_SLICE, ArchSpec, block_linears, blocks, replace_module
+from lora_repro.schemas import LoRAConfig
 
 
 class LoRABranch(nn.Module):
@@ -32,8 +31,6 @@ class LoRABranch(nn.Module):
                 f"LoRA rank r={r} is impossible for a {out_features}x{in_features} weight; "
                 f"choose 1 <= r <= {min(in_features, out_features)}"
             )
-        if init not in INITS:
-            raise ValueError(f"unknown LoRA init {init!r}; use one of {INITS}")
         self.r = r
         self.scaling = alpha / r
         self.lora_A = nn.Parameter(torch.empty(r, in_features))
@@ -58,7 +55,9 @@ class LoRALinear(nn.Module):
 
     `slices` maps a name to the output columns it adapts; one branch ('' -> all columns) for a plain
     projection, two ('q', 'v') for GPT-2's fused c_attn. `merge()` folds ΔW into the base weight so
-    inference costs exactly the base graph; `unmerge()` takes it out again.
+    inference costs exactly the base graph; `unmerge()` takes it out again. A merged layer returns
+    the base output and gives the branches no gradient, so `train()` unmerges (as loralib does):
+    training a merged model trains LoRA, never silently nothing.
     """
 
     def __init__(self, base: nn.Module, slices: Mapping[str, tuple[int, int]], r: Mapping[str, int],
@@ -74,6 +73,11 @@ class LoRALinear(nn.Module):
             for name, (start, stop) in self.slices.items()
         })
         self.merged = False
+
+    def train(self, mode: bool = True) -> LoRALinear:
+        if mode:
+            self.unmerge()
+        return super().train(mode)
 
     def _spans(self):
         for name, (start, stop) in self.slices.items():
@@ -111,27 +115,14 @@ class LoRALinear(nn.Module):
             self.merged = False
 
 
-def _ranks(cfg: Mapping, targets: list[str]) -> dict[str, int]:
-    r = cfg["r"]
-    if isinstance(r, Mapping):
-        missing = [t for t in targets if t not in r]
-        if missing:
-            raise ValueError(f"method.r has no rank for target(s) {missing}; give r as an int or one per target")
-        return {t: int(r[t]) for t in targets}
-    return {t: int(r) for t in targets}
-
-
-def apply(model: nn.Module, spec: ArchSpec, cfg: Mapping) -> None:
+def apply(model: nn.Module, spec: ArchSpec, cfg: LoRAConfig) -> None:
     """Wrap every targeted weight in every block with LoRA (everything else stays frozen)."""
-    targets = list(cfg["targets"])
-    ranks = _ranks(cfg, targets)
-    alpha = float(cfg.get("alpha") or next(iter(ranks.values())))
-    common = dict(alpha=alpha, dropout=float(cfg.get("dropout", 0.0)), init=cfg.get("init", "gaussian"),
-                  init_std=float(cfg.get("init_std", 0.02)))
+    ranks = cfg.ranks()
+    common = dict(alpha=float(cfg.alpha), dropout=cfg.dropout, init=cfg.init, init_std=cfg.init_std)
     for block in blocks(model, spec):
         plan: dict[str, dict[str, tuple[int, int]]] = {}
         rank_by_path: dict[str, dict[str, int]] = {}
-        for target in targets:
+        for target in cfg.targets:
             for path in block_linears(block, spec, target):
                 module = block.get_submodule(path)
                 width = module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
@@ -144,10 +135,7 @@ def apply(model: nn.Module, spec: ArchSpec, cfg: Mapping) -> None:
                     plan.setdefault(path, {})[""] = (0, width)
                     rank_by_path.setdefault(path, {})[""] = ranks[target]
         for path, slices in plan.items():
-            parent_path, _, child = path.rpartition(".")
-            parent = block.get_submodule(parent_path) if parent_path else block
-            base = getattr(parent, child)
-            setattr(parent, child, LoRALinear(base, slices, rank_by_path[path], **common))
+            replace_module(block, path, lambda base, s=slices, r=rank_by_path[path]: LoRALinear(base, s, r, **common))
     for name, param in model.named_parameters():
         if ".lora_" in name:
             param.requires_grad_(True)
@@ -172,6 +160,5 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             module.merge()
-            parent_path, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_path) if parent_path else model, child, module.base)
+            replace_module(model, name, lambda layer: layer.base)
     return model

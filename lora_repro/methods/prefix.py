@@ -14,13 +14,13 @@ With a KV cache only the first forward holds the virtual positions; later steps 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lora_repro.models.arch import ArchSpec, blocks, hidden_size
+from lora_repro.schemas import PrefixConfig
 
 IGNORE_INDEX = -100
 
@@ -31,7 +31,6 @@ class VirtualPositions:
 
     index: torch.Tensor | None = None
     seq_len: int = -1
-    handles: list = field(default_factory=list)
 
     def overwrite(self, hidden: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """hidden (B', T, d) with rows of `vectors` (n_virtual, d) written at the virtual positions."""
@@ -77,7 +76,8 @@ def insert_virtual_tokens(batch: dict, n_prefix: int, n_infix: int, placeholder_
         prompt = torch.where(supervised.any(1), torch.argmax(supervised, 1) - starts, lengths)
     else:
         prompt = lengths
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in batch and batch[k].dim() == 2]
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels")
+            if k in batch and batch[k].dim() == 2]
     fill = {"input_ids": placeholder_id, "attention_mask": 1, "token_type_ids": 0, "labels": IGNORE_INDEX}
     out = {k: v for k, v in batch.items() if k not in keys and k != "prompt_lengths"}
     new = {k: [] for k in keys}
@@ -92,7 +92,7 @@ def insert_virtual_tokens(batch: dict, n_prefix: int, n_infix: int, placeholder_
             v = seq.new_full((1,), fill[key])
             infix_fill = v.expand(n_infix) if key != "token_type_ids" or k == 0 else real[k - 1:k].expand(n_infix)
             parts = [v.expand(n_prefix), real[:k], infix_fill, real[k:]]
-            parts = ([pad] + parts) if s > 0 else (parts + [pad])
+            parts = [pad, *parts] if s > 0 else [*parts, pad]
             new[key].append(torch.cat(parts))
         base = s
         positions.append(torch.cat([torch.arange(base, base + n_prefix),
@@ -104,10 +104,19 @@ def insert_virtual_tokens(batch: dict, n_prefix: int, n_infix: int, placeholder_
 
 
 class VirtualTokenHandle:
-    """What a prefix method hands the run loop: a batch transform that places the virtual tokens."""
+    """What a prefix method hands the run loop: a batch transform that places the virtual tokens.
+
+    `hooks` are the forward hooks that write the vectors; `remove()` takes them off the model.
+    """
 
     def __init__(self, state: VirtualPositions, n_prefix: int, n_infix: int, placeholder_id: int):
         self.state, self.n_prefix, self.n_infix, self.placeholder_id = state, n_prefix, n_infix, placeholder_id
+        self.hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()
 
     def prepare_batch(self, batch: dict) -> dict:
         batch, index = insert_virtual_tokens(batch, self.n_prefix, self.n_infix, self.placeholder_id)
@@ -116,21 +125,19 @@ class VirtualTokenHandle:
         return batch
 
 
-def apply(model: nn.Module, spec: ArchSpec, cfg: Mapping) -> VirtualTokenHandle:
-    n_prefix, n_infix = int(cfg["prefix_length"]), int(cfg.get("infix_length", 0))
-    if n_prefix < 0 or n_infix < 0 or n_prefix + n_infix == 0:
-        raise ValueError(f"{cfg['name']}: need prefix_length + infix_length >= 1 (got {n_prefix}, {n_infix})")
-    per_layer = cfg["name"] == "prefix_layer"
+def apply(model: nn.Module, spec: ArchSpec, cfg: PrefixConfig) -> VirtualTokenHandle:
+    """Register the trainable vectors on the model and the hooks that write them at the virtual positions."""
+    n_prefix, n_infix = cfg.prefix_length, cfg.infix_length
     layers = blocks(model, spec)
-    d_model = hidden_size(model)
-    prefix = PrefixEmbedding(len(layers) if per_layer else 1, n_prefix + n_infix, d_model,
-                             float(cfg.get("init_std", 0.02)))
+    prefix = PrefixEmbedding(len(layers) if cfg.per_layer else 1, n_prefix + n_infix, hidden_size(model), cfg.init_std)
     model.add_module("prefix_tokens", prefix)  # registered on the model: saved, moved, counted with it
     state = VirtualPositions()
+    placeholder = getattr(model.config, "pad_token_id", None)
+    handle = VirtualTokenHandle(state, n_prefix, n_infix, 0 if placeholder is None else int(placeholder))
     embeddings = model.get_submodule(spec.embeddings)
-    state.handles.append(embeddings.register_forward_hook(
+    handle.hooks.append(embeddings.register_forward_hook(
         lambda _m, _args, out: state.overwrite(out, prefix.vectors[0])))
-    if per_layer:
+    if cfg.per_layer:
         for index, block in enumerate(layers):
             if index == 0:
                 continue  # block 0's input is the embedding output, already overwritten
@@ -141,7 +148,6 @@ def apply(model: nn.Module, spec: ArchSpec, cfg: Mapping) -> VirtualTokenHandle:
                 kwargs["hidden_states"] = state.overwrite(kwargs["hidden_states"], prefix.vectors[index])
                 return args, kwargs
 
-            state.handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            handle.hooks.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
     prefix.vectors.requires_grad_(True)
-    placeholder = getattr(model.config, "pad_token_id", None)
-    return VirtualTokenHandle(state, n_prefix, n_infix, 0 if placeholder is None else int(placeholder))
+    return handle

@@ -14,7 +14,7 @@ from torch import nn
 
 # Weight-type names used in configs (paper Sec. 7.1 / Table 5).
 ATTENTION_TYPES = ("q", "k", "v", "o")
-WEIGHT_TYPES = ATTENTION_TYPES + ("mlp",)
+WEIGHT_TYPES = (*ATTENTION_TYPES, "mlp")
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ class ArchSpec:
     blocks: dotted path to the ModuleList of transformer blocks.
     attn: relative path (inside a block) of each of q, k, v, o; for a fused qkv projection the three
         share one path and `fused_qkv` is True.
-    mlp_in / mlp_out: MLP projections (mlp_in may hold several, e.g. Llama's gate and up).
-    attn_out / ffn_out: where Houlsby-style adapters go (the projection whose output they adapt).
+    mlp_in: the MLP's input projections (several for Llama: gate and up).
+    attn_out / ffn_out: the attention and MLP output projections (LoRA's o and mlp targets; adapters
+        adapt their outputs).
     norms: the layer norms inside a block.
     embeddings: the token embedding module.
     head: top-level modules that make the task head (trained by every method, excluded from the
@@ -36,14 +37,12 @@ class ArchSpec:
     blocks: str
     attn: dict[str, str]
     mlp_in: tuple[str, ...]
-    mlp_out: str
     attn_out: str
     ffn_out: str
     norms: tuple[str, ...]
     embeddings: str
     head: tuple[str, ...] = field(default=())
     fused_qkv: bool = False
-    conv1d: bool = False  # weights stored (in, out) as transformers' Conv1D
 
 
 _BERT_BLOCK = dict(
@@ -54,7 +53,6 @@ _BERT_BLOCK = dict(
         "o": "attention.output.dense",
     },
     mlp_in=("intermediate.dense",),
-    mlp_out="output.dense",
     attn_out="attention.output.dense",
     ffn_out="output.dense",
     norms=("attention.output.LayerNorm", "output.LayerNorm"),
@@ -95,12 +93,10 @@ SPECS: dict[str, ArchSpec] = {
         embeddings="transformer.wte",
         attn={"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn", "o": "attn.c_proj"},
         mlp_in=("mlp.c_fc",),
-        mlp_out="mlp.c_proj",
         attn_out="attn.c_proj",
         ffn_out="mlp.c_proj",
         norms=("ln_1", "ln_2"),
         fused_qkv=True,
-        conv1d=True,
     ),
     "llama": ArchSpec(
         family="llama",
@@ -108,7 +104,6 @@ SPECS: dict[str, ArchSpec] = {
         embeddings="model.embed_tokens",
         attn={"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj"},
         mlp_in=("mlp.gate_proj", "mlp.up_proj"),
-        mlp_out="mlp.down_proj",
         attn_out="self_attn.o_proj",
         ffn_out="mlp.down_proj",
         norms=("input_layernorm", "post_attention_layernorm"),
@@ -142,7 +137,7 @@ def block_linears(block: nn.Module, spec: ArchSpec, weight_type: str) -> list[st
     if weight_type in ATTENTION_TYPES:
         return [spec.attn[weight_type]]
     if weight_type == "mlp":
-        return [*spec.mlp_in, spec.mlp_out]
+        return [*spec.mlp_in, spec.ffn_out]
     raise ValueError(f"unknown weight type {weight_type!r}; use one of {WEIGHT_TYPES}")
 
 

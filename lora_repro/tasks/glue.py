@@ -22,7 +22,7 @@ def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) ->
     task, train_cfg = cfg["task"]["name"], cfg["train"]
     spec = get_task(task)
     common = dict(max_length=int(train_cfg["max_length"]), subset_seed=int(train_cfg["subset_seed"]),
-                  data_root=cfg.get("data_root"), source=cfg.get("data_source", "local"))
+                  data_root=cfg["data_root"], source=cfg["data_source"])
     train = encode_split(tokenizer, task, spec.train_split, subset_size=train_cfg["train_subset"], **common)
     evals = {split: encode_split(tokenizer, task, split, subset_size=train_cfg["eval_subset"], **common)
              for split in spec.eval_splits}
@@ -45,5 +45,9 @@ def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) ->
             outputs[split] = (torch.cat(preds), torch.cat(golds))
         return compute_eval_metrics(task, outputs)
 
-    return TaskData(loader, len(loader), evaluate, headline(task), spec.num_labels, causal=False,
-                    info={"train_rows": len(train), "eval_rows": {s: len(e) for s, e in evals.items()}})
+    return TaskData(loader, len(loader), classifier_loss, evaluate, headline(task))
+
+
+def classifier_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The model's own loss: cross-entropy over the labels (MSE for STS-B's regression head)."""
+    return model(**batch).loss

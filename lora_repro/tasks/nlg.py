@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lora_repro.config import method_label
 from lora_repro.data.nlg import (
     Collator,
     InputGroup,
@@ -80,7 +81,7 @@ def generate(model: nn.Module, tokenizer, handle: MethodHandle, groups: list[Inp
     collate = Collator(tokenizer, padding_side="left")
     eos = tokenizer.eos_token_id
     hypotheses: list[str] = []
-    size = int(decode.get("batch_size", 8))
+    size = int(decode["batch_size"])
     for start in tqdm(range(0, len(prompts), size), desc="decode", leave=False, mininterval=2.0):
         batch = collate([{"input_ids": p} for p in prompts[start:start + size]])
         batch = move(handle.prepare_batch(batch), device)
@@ -108,7 +109,7 @@ def score(metric: str, groups: list[InputGroup], hyps: list[str], out_dir: Path)
     write_multi_ref_files(groups, hyps, out_dir)
     scores: dict[str, float] = {}
     splits = ("all", "seen", "unseen") if any(g.seen is not None for g in groups) else ("all",)
-    hyp_of = {id(g): h for g, h in zip(groups, hyps)}
+    hyp_of = {id(g): h for g, h in zip(groups, hyps, strict=True)}
     for which in splits:
         picked = filter_groups(groups, which)
         if not picked:
@@ -121,7 +122,7 @@ def score(metric: str, groups: list[InputGroup], hyps: list[str], out_dir: Path)
 
 def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) -> TaskData:
     task, train_cfg = cfg["task"], cfg["train"]
-    dataset, root = task["dataset"], cfg.get("data_root")
+    dataset, root = task["dataset"], cfg["data_root"]
     max_length = int(train_cfg["max_length"])
     train = encode_split(tokenizer, dataset, task["train_split"], max_length, train_cfg["train_subset"],
                          int(train_cfg["subset_seed"]), root)
@@ -143,19 +144,21 @@ def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) ->
 
     decode = task["decode"]
     groups = select_groups(group_examples(load_examples(dataset, task["test_split"], root)),
-                           decode.get("test_inputs"), decode.get("test_seed"))
+                           decode["test_inputs"], decode["test_seed"])
 
     def finish(model: nn.Module) -> dict[str, Any]:
         model.eval()
         hyps = generate(model, tokenizer, handle, groups, decode, device)
         # named by the run key too: two configs of one method (a sweep) must not overwrite each other's files
-        label = cfg["method"].get("label", cfg["method"]["name"])
-        out_dir = cache_dir() / "generations" / cfg["experiment_name"] / f"{task['name']}-{label}-s{cfg['seed']}-{run_key(cfg)}"
+        label = method_label(cfg)
+        name = f"{task['name']}-{label}-s{cfg['seed']}-{run_key(cfg)}"
+        out_dir = cache_dir() / "generations" / cfg["experiment_name"] / name
         out_dir.mkdir(parents=True, exist_ok=True)
         scores = score(task["metric"], groups, hyps, out_dir)
         samples = [{"input": g.context, "output": h, "reference": g.references[0]}
-                   for g, h in list(zip(groups, hyps))[:SAMPLES_KEPT]]
+                   for g, h in list(zip(groups, hyps, strict=True))[:SAMPLES_KEPT]]
         return {**scores, "decoded_inputs": len(hyps), "samples": samples, "generations_dir": str(out_dir)}
 
-    return TaskData(loader, len(loader), evaluate, "val_loss", None, causal=True, finish=finish, maximize=False,
-                    info={"train_rows": len(train), "eval_rows": len(valid), "test_inputs": len(groups)})
+    smoothing = float(train_cfg["label_smoothing"])
+    return TaskData(loader, len(loader), lambda model, batch: causal_lm_loss(model, batch, smoothing), evaluate,
+                    "val_loss", maximize=False, finish=finish)

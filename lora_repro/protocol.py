@@ -1,0 +1,86 @@
+"""A protocol (conf/experiment/*.yaml `protocol:`) as runs: plan every (method, task, seed), run what
+the store lacks with init sources first, and write the protocol's tables from the store.
+
+Runs are ordered so a task that others initialise from (`train.init_from_task`: MNLI in the paper,
+STS-B at cpu scale) runs before them; a shard (`index`/`count`) takes every count-th method, so
+several processes can share a machine; the tables are written by the unsharded call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from omegaconf import OmegaConf
+
+from lora_repro.config import ConfigError, compose_config, method_label, resolve
+from lora_repro.paths import results_dir
+from lora_repro.report.efficiency import write_efficiency_table
+from lora_repro.report.glue import write_glue_table
+from lora_repro.report.nlg import write_nlg_table
+from lora_repro.run import run
+from lora_repro.store import run_key
+
+log = logging.getLogger("reproduce")
+
+
+def init_order(plan: list[dict]) -> list[dict]:
+    """The plan sorted (stably) so a run's `init_from_task` source of the same method and seed runs first."""
+    source = {(method_label(c), c["seed"], c["task"]["name"]): c["train"].get("init_from_task") for c in plan}
+
+    def depth(key: tuple, chain: tuple = ()) -> int:
+        if not source.get(key):
+            return 0
+        if key in chain:
+            raise ConfigError(f"train.init_from_task forms a cycle: {' -> '.join(k[2] for k in (*chain, key))}; "
+                              "fix the protocol's hparams so one task starts from the pretrained model")
+        return 1 + depth((key[0], key[1], source[key]), (*chain, key))
+
+    return sorted(plan, key=lambda c: depth((method_label(c), c["seed"], c["task"]["name"])))
+
+
+def plan_runs(overrides: Sequence[str], methods: Sequence[str], tasks: Sequence[str],
+              seeds: Sequence[int]) -> list[dict]:
+    """One resolved config per (method, task, seed), composed with the caller's overrides."""
+    plan = []
+    for method in methods:
+        for task in tasks:
+            for seed in seeds:
+                composed = compose_config([*overrides, f"task={task}", f"method={method}", f"seed={seed}"])
+                plan.append(resolve(OmegaConf.to_container(composed, resolve=True), overrides))
+    return plan
+
+
+def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[int, int] = (0, 1),
+              table_only: bool = False) -> None:
+    """Run a protocol's missing runs (this shard's methods), then write its tables (unsharded calls only)."""
+    base = compose_config(overrides)
+    protocol = OmegaConf.to_container(base.protocol, resolve=True)
+    seed_list = list(range(seeds)) if seeds else protocol["seeds"]
+    index, count = shard
+    started = time.perf_counter()
+    if not table_only:
+        plan = init_order(plan_runs(overrides, protocol["methods"][index::count], protocol["tasks"], seed_list))
+        keys = {(method_label(c), c["seed"], c["task"]["name"]): run_key(c) for c in plan}
+        for number, cfg in enumerate(plan, 1):
+            log.info("[%d/%d] %s %s seed %d", number, len(plan), cfg["task"]["name"], method_label(cfg), cfg["seed"])
+            source = (method_label(cfg), cfg["seed"], cfg["train"]["init_from_task"])
+            run(cfg, init_key=keys.get(source))  # a source outside the plan: the store's latest match
+    if count == 1:
+        wall_s = None if table_only else time.perf_counter() - started
+        keys = {run_key(c) for c in plan_runs(overrides, protocol["methods"], protocol["tasks"], seed_list)}
+        write_tables(base, protocol, keys, wall_s)
+
+
+def write_tables(base, protocol: dict, keys: set[str], wall_s: float | None) -> None:
+    """The protocol's tables (GLUE + efficiency, or NLG) from this protocol's records (`keys`) only."""
+    out = results_dir() / "tables"
+    if base.task.kind == "glue":
+        write_glue_table(base.experiment_name, protocol["methods"], protocol["tasks"], base.paper_protocol, out,
+                         wall_s, keys=keys)
+        write_efficiency_table(base.experiment_name, protocol["methods"], out, keys=keys)
+    else:
+        write_nlg_table(base.experiment_name, base.task.dataset, protocol["methods"], base.paper_protocol,
+                        protocol.get("notes", []), out, wall_s, keys=keys)
+    log.info("wrote the table for %s under %s", base.experiment_name, out)
