@@ -105,6 +105,9 @@ KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {
     ("method", "per_layer"): lambda m: m["name"] == "prefix_layer",
     **{("model", name): None for name in ("hub_id", "package", "subdir", "format", "gguf_file", "shape")},
 }
+# Typed fields whose older configs held ints: a float schema field turns alpha: 8 into 8.0, which JSON
+# spells differently, so an integral value is hashed as the int it was before.
+INTEGRAL_AS_INT = (("method", "alpha"),)
 _KEY_PATTERN = re.compile(r"[0-9a-f]{16}")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -130,6 +133,10 @@ def run_key(config: Mapping[str, Any]) -> str:
         always_hashed = callable(old_behaviour) and old is None  # the preset had the key before
         if not always_hashed and section[name] == old:
             identity[group] = {k: v for k, v in section.items() if k != name}
+    for group, name in INTEGRAL_AS_INT:
+        value = (identity.get(group) or {}).get(name) if isinstance(identity.get(group), Mapping) else None
+        if isinstance(value, float) and value.is_integer():
+            identity[group] = {**identity[group], name: int(value)}
     try:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     except TypeError as err:
