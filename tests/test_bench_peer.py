@@ -142,3 +142,24 @@ def test_markdown_leads_with_like_for_like_and_describes_the_runs_hardware():
 def test_markdown_flags_a_like_for_like_row_that_saw_different_batches():
     text = report.to_markdown(_raw(ours_equal_s=0.1, same=False), "cmd")
     assert "did not see identical batches" in text and "| NOT met |" in text
+
+
+def test_race_rotates_jobs_and_shares_enough_batches_for_every_job(tiny_spec, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_job(kind, spec, timeout=0):
+        if kind != "infer" and kind.endswith("_equal"):  # the shared file must cover every step the job takes
+            assert len(torch.load(spec.batches_path)) >= spec.steps
+        calls.append((kind, spec.steps, spec.profile_steps))
+        return {"job": kind, "step_s_mean": 0.1, "cpu_step_s_mean": 0.2, "peak_rss_bytes": 1, "profile": [],
+                "profile_s": 0.0}
+
+    monkeypatch.setattr(peer, "run_in_subprocess", fake_job)
+    spec = dataclasses.replace(tiny_spec, steps=3, batches_path=None)  # a profiled job takes 1 + 1 + 2 = 4 steps
+    raw = peer.race(spec, rounds=2, settings=("equal", "default"), batches_path=tmp_path / "shared.pt",
+                    infer=False, profile_steps=1)
+    jobs = [kind for kind, _, _ in calls]
+    assert jobs[:4] == ["ours_equal", "peft_equal", "ours_default", "peft_default"]
+    assert jobs[4:8] == ["peft_equal", "ours_default", "peft_default", "ours_equal"]  # round 1 starts one later
+    assert calls[8:] == [("ours_equal", spec.skip + 1 + 2, 1), ("peft_equal", spec.skip + 1 + 2, 1)]
+    assert [r["round"] for r in raw["results"]] == [0] * 4 + [1] * 4 and set(raw["profiles"]) == {"ours", "peft"}

@@ -72,8 +72,10 @@ def race(spec: JobSpec, rounds: int, settings: tuple[str, ...], batches_path: Pa
          profile_steps: int = 0) -> dict[str, Any]:
     """Every job of `settings`, `rounds` times in a rotating order; the raw results for the report."""
     started, load_before = time.perf_counter(), os.getloadavg()
-    if "equal" in settings:
-        spec = replace(spec, batches_path=str(build_shared_batches(spec, batches_path)))
+    profile_len = spec.skip + profile_steps + 2  # a profiled job's steps: warm-up, the window, and its close
+    if "equal" in settings:  # enough shared batches for the timed jobs and the profiled ones
+        longest = replace(spec, steps=max(spec.steps, profile_len if profile_steps else 0))
+        spec = replace(spec, batches_path=str(build_shared_batches(longest, batches_path)))
     jobs, results = job_names(settings), []
     for round_index in range(rounds):
         shift = round_index % len(jobs)
@@ -84,7 +86,7 @@ def race(spec: JobSpec, rounds: int, settings: tuple[str, ...], batches_path: Pa
                      1000 * result["step_s_mean"], 1000 * result["cpu_step_s_mean"], result["peak_rss_bytes"] / 2**20)
     profiles = {}
     if profile_steps:
-        profiled = replace(spec, profile_steps=profile_steps, steps=spec.skip + profile_steps + 2)
+        profiled = replace(spec, profile_steps=profile_steps, steps=profile_len)
         setting = "equal" if "equal" in settings else settings[0]
         for side in SIDES:
             result = run_in_subprocess(f"{side}_{setting}", profiled)
