@@ -79,7 +79,8 @@ def run_grid(grid: Mapping[str, Any], device: torch.device, seed: int = 0) -> La
     log.info("built %d variants in %.1f s: %s", len(variants), build_s, [v.name for v in variants])
     cell_results, peak_gpu = measure(models, variants, cells, base.config.vocab_size, device,
                                      int(grid["warmup"]), int(grid["trials"]), seed, check_cells(grid))
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # ru_maxrss (KiB) is the kernel's high-water mark, updated lazily: it can trail the current RSS
+    peak_rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, psutil.Process().memory_info().rss)
     memory = {}
     for variant in variants:
         model = models[variant.name]
