@@ -183,6 +183,18 @@ class PrefixConfig(MethodConfig):
 
 
 @dataclass
+class PeftAdapterConfig(MethodConfig):
+    """An existing PEFT LoRA adapter (folder or hub id), applied as the suite's LoRA layers."""
+
+    path: str = MISSING
+    dropout: float | None = None  # null: the adapter's own lora_dropout
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path), "method.path is empty; give method.path=<PEFT adapter folder or hub id>")
+        _require(self.dropout is None or 0 <= self.dropout < 1, f"method.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
 class GlueTaskConfig:
     name: str = MISSING
     kind: str = "glue"
@@ -244,7 +256,8 @@ class WandbConfig:
 
 SCHEMAS: dict[str, type] = {
     "train": TrainConfig, "finetune": FineTuneConfig, "lora": LoRAConfig, "adapter": AdapterConfig,
-    "prefix": PrefixConfig, "glue_task": GlueTaskConfig, "nlg_task": NLGTaskConfig, "model": ModelConfig,
+    "prefix": PrefixConfig, "peft_adapter": PeftAdapterConfig, "glue_task": GlueTaskConfig,
+    "nlg_task": NLGTaskConfig, "model": ModelConfig,
     "no_logger": NoLoggerConfig, "wandb": WandbConfig,
 }
 

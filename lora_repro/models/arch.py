@@ -43,6 +43,7 @@ class ArchSpec:
     embeddings: str
     head: tuple[str, ...] = field(default=())
     fused_qkv: bool = False
+    conv1d: bool = False  # weights stored (in, out), transformers' Conv1D (GPT-2): the analysis and PEFT export read it
 
 
 _BERT_BLOCK = dict(
@@ -97,6 +98,7 @@ SPECS: dict[str, ArchSpec] = {
         ffn_out="mlp.c_proj",
         norms=("ln_1", "ln_2"),
         fused_qkv=True,
+        conv1d=True,
     ),
     "llama": ArchSpec(
         family="llama",
