@@ -88,6 +88,8 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "status": str,
 }
 _PARAM_FIELDS = ("trainable", "trainable_with_head", "total")
+# What each adapter preset ran before `placement` existed (the suite's first Lin and Pfeiffer wrapped the FFN output
+# projection). The published sites came later (ffn_add_norm, block_out): configs holding them hash their placement.
 _OLD_ADAPTER_PLACEMENT = {"adapter_h": ["attn_out", "ffn_out"], "adapter_d": ["attn_out", "ffn_out"],
                           "adapter_l": ["ffn_out"], "adapter_p": ["ffn_out"]}
 # (group, key) -> the value that reproduces the behaviour from before the key existed; a callable
@@ -102,6 +104,9 @@ KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {
     ("method", "layer_norm"): lambda m: None if m["name"] == "adapter_l" else False,
     ("method", "drop_layers"): lambda m: None if m["name"] == "adapter_d" else 0,
     ("method", "init_std"): lambda m: 0.01 if m["name"].startswith("adapter_") else None,
+    # AdapterDrop's training-time random drop and inference drop: absent before, i.e. never dropped
+    ("method", "random_drop_max"): 0,
+    ("method", "eval_drop_layers"): 0,
     ("method", "per_layer"): lambda m: m["name"] == "prefix_layer",
     **{("model", name): None for name in ("hub_id", "package", "subdir", "format", "gguf_file", "shape")},
 }
@@ -297,10 +302,7 @@ class RunStore:
 
     def records(self, experiment: str | None = None) -> list[dict[str, Any]]:
         """All records (of one experiment, if given), in path order."""
-        if experiment is None:
-            paths = (self.root / "runs").glob("*/*.json")
-        else:
-            paths = self._folder(experiment).glob("*.json")
+        paths = (self.root / "runs").glob("*/*.json") if experiment is None else self._folder(experiment).glob("*.json")
         return [_load(path) for path in sorted(paths)]
 
 

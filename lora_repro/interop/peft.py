@@ -106,9 +106,9 @@ def peft_config_for(model: nn.Module, updates: Mapping[str, FusedUpdate], base_n
     """The LoraConfig that makes PEFT build exactly the fused updates (ranks and alphas per module)."""
     spec = spec_for(model)
     first = next(iter(updates.values()))
-    dropouts = {getattr(b.dropout, "p", 0.0) for layer in lora_layers(model) for b in layer.branches.values()}
+    dropouts = {getattr(layer.dropout, "p", 0.0) for layer in lora_layers(model)}
     if len(dropouts) > 1:
-        raise AdapterError(f"LoRA branches use different dropouts {sorted(dropouts)}; PEFT holds one lora_dropout")
+        raise AdapterError(f"LoRA layers use different dropouts {sorted(dropouts)}; PEFT holds one lora_dropout")
     return LoraConfig(
         r=first.r,
         lora_alpha=first.alpha,
