@@ -117,6 +117,29 @@ _KEY_PATTERN = re.compile(r"[0-9a-f]{16}")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def _as_before(node: Any, group: str | None = None) -> Any:
+    """``node`` with every group section (``method``, ``model``, ``train``, at any depth: a latency
+    variant nests its method) spelled as before its later keys existed (``KEYS_ADDED_LATER``,
+    ``INTEGRAL_AS_INT``)."""
+    if isinstance(node, list):
+        return [_as_before(item) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    section = {key: _as_before(value, key) for key, value in node.items()}
+    for (rule_group, name), old_behaviour in KEYS_ADDED_LATER.items():
+        if rule_group != group or name not in section:
+            continue
+        old = old_behaviour(section) if callable(old_behaviour) else old_behaviour
+        always_hashed = callable(old_behaviour) and old is None  # the preset had the key before
+        if not always_hashed and section[name] == old:
+            del section[name]
+    for rule_group, name in INTEGRAL_AS_INT:
+        value = section.get(name)
+        if rule_group == group and isinstance(value, float) and value.is_integer():
+            section[name] = int(value)
+    return section
+
+
 class RecordExistsError(FileExistsError):
     """A record with this key is already stored; pass force=True to replace it."""
 
@@ -129,19 +152,7 @@ def run_key(config: Mapping[str, Any]) -> str:
     adding an option does not orphan the store. ``config`` must be plain JSON data (for Hydra:
     ``OmegaConf.to_container(cfg, resolve=True)``).
     """
-    identity = {name: value for name, value in config.items() if name not in IGNORED_CONFIG_KEYS}
-    for (group, name), old_behaviour in KEYS_ADDED_LATER.items():
-        section = identity.get(group)
-        if not isinstance(section, Mapping) or name not in section:
-            continue
-        old = old_behaviour(section) if callable(old_behaviour) else old_behaviour
-        always_hashed = callable(old_behaviour) and old is None  # the preset had the key before
-        if not always_hashed and section[name] == old:
-            identity[group] = {k: v for k, v in section.items() if k != name}
-    for group, name in INTEGRAL_AS_INT:
-        value = (identity.get(group) or {}).get(name) if isinstance(identity.get(group), Mapping) else None
-        if isinstance(value, float) and value.is_integer():
-            identity[group] = {**identity[group], name: int(value)}
+    identity = _as_before({name: value for name, value in config.items() if name not in IGNORED_CONFIG_KEYS})
     try:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     except TypeError as err:
