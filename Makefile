@@ -17,7 +17,7 @@ SEED_ARG   = $(if $(SEEDS),--seeds $(SEEDS),)
 # conf/experiment/<dataset>_<scale>[_<protocol>].yaml, e.g. glue_cpu, glue_paper_roberta_base_lora
 experiment = $(1)_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
 
-.PHONY: help install lint test test-fast params latency bench-peer gpu-check clean sweep-rank sweep-targets sweep-budget  # reproduce-%, table-% and table-sweep-% are pattern rules
+.PHONY: help install lint test test-fast params latency bench-peer gpu-check clean sweep-rank sweep-targets sweep-budget notebooks  # reproduce-%, table-% and table-sweep-% are pattern rules
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -92,6 +92,10 @@ sweep-budget: $(STAMP)  ## every method at several sizes (14 runs), then the rep
 
 table-sweep-%: $(STAMP)  ## a sweep's report from the store, trains nothing (table-sweep-rank_glue, ...; REPORT_ARGS=--wandb)
 	$(PYTHON) -m experiments.sweep_report --experiment sweep_$* $(REPORT_ARGS)
+
+NOTEBOOKS ?=
+notebooks: $(STAMP)  ## re-execute notebooks/*.ipynb in place from the store, outputs saved (NOTEBOOKS=sweeps for one)
+	$(PYTHON) -m lora_repro.analysis.notebooks $(NOTEBOOKS)
 
 clean:  ## remove caches (not the results store)
 	rm -rf .cache outputs multirun .pytest_cache

@@ -93,16 +93,33 @@ def parse_factors(state: Mapping[str, torch.Tensor], family: str) -> Factors:
     return factors
 
 
+def weights_file(record: Mapping) -> Path | None:
+    """A run's method-only safetensors on this machine, or None: the path its record names (relative to
+    the checkout that made it), else the same file under this checkout's cache ($LORA_REPRO_CACHE), so
+    records merged from another checkout find their weights when the cache is pointed at its .cache."""
+    from lora_repro.checkpoints import weights_path
+
+    saved = (record.get("checkpoint") or {}).get("path")
+    if not saved:
+        return None
+    named = Path(saved) if Path(saved).is_absolute() else REPO_ROOT / saved
+    for path in (named, weights_path(record["experiment"], record["key"])):
+        if path.is_file():
+            return path
+    return None
+
+
 def trained_factors(record: Mapping) -> Factors:
     """The trained LoRA factors of a run, read from its method-only safetensors."""
     from safetensors.torch import load_file
 
-    saved = (record.get("checkpoint") or {}).get("path")
-    path = Path(saved) if saved and Path(saved).is_absolute() else REPO_ROOT / (saved or "")
-    if not saved or not path.is_file():
+    path = weights_file(record)
+    if path is None:
+        saved = (record.get("checkpoint") or {}).get("path")
         raise FileNotFoundError(
-            f"run {record['experiment']}/{record['key']} has no saved weights ({path if saved else 'none saved'}); "
-            "fix: rerun that config with force=true train.save_weights=true")
+            f"run {record['experiment']}/{record['key']} has no saved weights on disk ({saved or 'none saved'}); "
+            "fix: point LORA_REPRO_CACHE at the cache holding weights/, or rerun that config with force=true "
+            "train.save_weights=true")
     factors = parse_factors(load_file(str(path)), record["config"]["model"]["family"])
     if not factors:
         raise ValueError(f"{path} holds no LoRA matrices; was run {record['key']} a LoRA run?")
