@@ -54,7 +54,9 @@ def execute(path: Path, save: bool = True, timeout: int = 900):
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name=KERNEL,
+    for cell in notebook.cells:  # no timing metadata: a re-execution changes only what the store changed
+        cell.metadata.pop("execution", None)
+    client = NotebookClient(notebook, timeout=timeout, kernel_name=KERNEL, record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute(env=kernel_env())
     if save:
