@@ -93,11 +93,11 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     key, experiment = run_key(cfg), cfg["experiment_name"]
     clean_stale_temps(checkpoints.weights_path(experiment, key).parent)
     tasks = family(cfg["task"]["kind"])
-    data = data_fingerprint(cfg, tasks)  # before the store: a missing data root stops here, not at old metrics
+    inputs = data_fingerprint(cfg, tasks)  # before the store: a missing data root stops here, not at old metrics
     replace = bool(cfg["force"])
     if store.exists(experiment, key) and not replace:
         stored = store.read(experiment, key)
-        if reusable(stored, data, cfg, f"{experiment}/{key}"):
+        if reusable(stored, inputs, cfg, f"{experiment}/{key}"):
             log.info("skip: %s/%s already in the store (force=true to rerun)", experiment, key)
             return stored
         replace = True
@@ -130,7 +130,7 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
         seed=int(cfg["seed"]), scale=cfg["scale"], epochs=state.history, best=best, best_epoch=state.best_epoch,
         params={"trainable": params["trainable_params"], "trainable_with_head": params["trainable_params_with_head"],
                 "total": params["total_params"]},
-        timing=measured["timing"], memory=measured["memory"], checkpoint=checkpoint, status="completed", data=data,
+        timing=measured["timing"], memory=measured["memory"], checkpoint=checkpoint, status="completed", data=inputs,
     )
     if is_rank_zero():
         store.write(record, force=replace)
