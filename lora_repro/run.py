@@ -19,7 +19,7 @@ from lora_repro.config import ConfigError, device_for, method_label
 from lora_repro.io import clean_stale_temps
 from lora_repro.methods import MethodHandle, apply_method, count_params, load_method_state_dict
 from lora_repro.models import LoadedModel, load_model
-from lora_repro.paths import data_root
+from lora_repro.paths import cache_dir, data_root
 from lora_repro.store import RunStore, new_record, run_key
 from lora_repro.tasks import family
 from lora_repro.tasks.base import TaskFamily
@@ -91,7 +91,8 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     """
     store = store or RunStore()
     key, experiment = run_key(cfg), cfg["experiment_name"]
-    clean_stale_temps(checkpoints.weights_path(experiment, key).parent)
+    for folder in (checkpoints.weights_path(experiment, key).parent, cache_dir() / cfg["task"]["kind"]):
+        clean_stale_temps(folder)  # what killed writes of weights and tokenised data left (the store's: RunStore)
     tasks = family(cfg["task"]["kind"])
     inputs = data_fingerprint(cfg, tasks)  # before the store: a missing data root stops here, not at old metrics
     replace = bool(cfg["force"])

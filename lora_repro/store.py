@@ -28,10 +28,10 @@ params              dict         ``trainable`` (excluding the task head: the pap
                                  ``trainable_with_head``, ``total``; ints or null
 timing              dict         seconds and rates, e.g. ``train_s``, ``samples_per_s``
 memory              dict         peak memory in bytes, e.g. ``peak_gpu_bytes``
-checkpoint          dict         where the method-only weights are and their size,
-                                 e.g. ``{"path": ..., "bytes": ...}``
-env                 dict         ``env_info()``: ``git_commit``, ``git_dirty``, ``packages``,
-                                 ``hardware``
+checkpoint          dict         where the method-only weights are, their size and (since
+                                 the checksum) sha256, e.g. ``{"path": ..., "bytes": ...}``
+env                 dict         ``env_info()``: ``git_commit``, ``git_dirty``, ``code``
+                                 (since the fingerprint), ``packages``, ``hardware``
 status              str          ``completed`` | ``failed``
 ==================  ===========  ==========================================================
 
@@ -46,8 +46,10 @@ previous_keys       list[str]    keys this record was stored under before a migr
                                  find the record by them too
 ==================  ===========  ==========================================================
 
-``env.code`` (``provenance.code_fingerprint``) names the code that made a record, ``checkpoint.sha256``
-the saved weights' bytes (``checkpoints.load_verified`` checks it).
+``env.code`` (``provenance.code_fingerprint``) names the code that made a record; ``checkpoint.sha256``
+the saved weights' bytes, which ``checkpoints.load_verified`` checks on every load. Records are written
+0644, and the temporary files of interrupted writes are removed when a store opens
+(``io.clean_stale_temps``).
 
 What a key does not cover, and how the store stays honest about it (``lora_repro.provenance``):
 
@@ -57,7 +59,8 @@ What a key does not cover, and how the store stays honest about it (``lora_repro
   fingerprints and the fix, or, with ``force=true``, retrains and replaces the record. A missing data
   root fails before the store is consulted. Records written before data fingerprints (every committed
   one) have ``data`` *unknown*: they are still reused, with a warning that says so. They were not
-  back-filled from today's files: nothing here can prove today's files are the bytes those runs read.
+  back-filled from today's files: nothing here can prove today's files are the bytes those runs read
+  (the shared data root was staged again after every committed run, so file times cannot tell either).
 - *Code.* A record whose ``env.code`` differs from this checkout's, or that has none ("code unknown":
   every record made before the field), is *stale*: ``stale=keep`` (the default) reuses it and the
   tables add a caption line counting such runs; ``stale=rerun`` retrains and replaces them.
@@ -84,8 +87,8 @@ from lora_repro.paths import results_dir
 from lora_repro.provenance import env_info
 
 SCHEMA_VERSION = 1
-# Config keys that do not change what a run computes (where it logs, whether to overwrite,
-# Hydra's own bookkeeping, where outputs go), so they must not change its key.
+# Config keys that do not change what a run computes (where it logs, whether to overwrite, whether
+# to rerun stale records, Hydra's own bookkeeping, where outputs go), so they must not change its key.
 IGNORED_CONFIG_KEYS = ("logger", "force", "stale", "hydra", "output_dir")
 STATUSES = ("completed", "failed")
 
