@@ -77,12 +77,12 @@ REPORT_ARGS ?=
 launch = hydra/launcher=$(LAUNCHER) $(if $(filter joblib%,$(LAUNCHER)),hydra.launcher.n_jobs=$(1),)
 multirun = $(PYTHON) -m experiments.run -m +experiment=$(1) $(call launch,$(2)) $(ARGS)
 
-sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs) and E2E (9 runs, one job of 2 threads), then reports
+sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs) and E2E (6 runs, one job of 2 threads), then reports
 	$(call multirun,sweep_rank_glue,$(JOBS))
 	$(call multirun,sweep_rank_e2e,1)
 	$(MAKE) --no-print-directory table-sweep-rank_glue table-sweep-rank_e2e
 
-sweep-targets: $(STAMP)  ## weight types at a fixed budget (21 runs), then the report
+sweep-targets: $(STAMP)  ## weight types at a fixed budget (14 runs), then the report
 	$(call multirun,sweep_targets_glue,$(JOBS))
 	$(MAKE) --no-print-directory table-sweep-targets_glue
 

@@ -24,9 +24,9 @@ from lora_repro.analysis.subspace import (
     phi_grid,
     random_like,
     trained_factors,
-    weights_file,
 )
 from lora_repro.analysis.sweep import SEED, Sweep, SweepInputError, load_sweep
+from lora_repro.checkpoints import record_weights
 from lora_repro.paths import results_dir
 from lora_repro.store import RunStore
 
@@ -231,7 +231,7 @@ def _ordered(figures: dict[str, Path]) -> dict[str, Path]:
 def missing_weights(sweep: Sweep, root: str | Path | None = None) -> list[str]:
     """Keys of the sweep's runs whose saved weights are not on this machine (a fresh clone has none)."""
     keys = set(sweep.runs["key"])
-    return [r["key"] for r in RunStore(root).records(sweep.name) if r["key"] in keys and weights_file(r) is None]
+    return [r["key"] for r in RunStore(root).records(sweep.name) if r["key"] in keys and not _has_weights(r)]
 
 
 @dataclass
@@ -277,3 +277,8 @@ def committed_view(name: str, root: str | Path | None, reason: str) -> LowRankVi
                            "run `make sweep-rank`", pd.DataFrame(), pd.DataFrame(), figures)
     return LowRankView("committed", f"{reason}; showing the committed outputs under {shown(base)}/",
                        pd.read_csv(tables["phi"]), pd.read_csv(tables["table7"]), figures)
+
+
+def _has_weights(record: dict) -> bool:
+    path = record_weights(record)
+    return path is not None and path.is_file()

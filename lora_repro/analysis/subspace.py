@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from lora_repro.models.arch import SPECS, ArchSpec
-from lora_repro.paths import REPO_ROOT
 
 Factors = dict[tuple[int, str], dict[str, torch.Tensor]]  # (layer, target) -> {"A": (r, in), "B": (out, r)}
 
@@ -93,34 +91,17 @@ def parse_factors(state: Mapping[str, torch.Tensor], family: str) -> Factors:
     return factors
 
 
-def weights_file(record: Mapping) -> Path | None:
-    """A run's method-only safetensors on this machine, or None: the path its record names (relative to
-    the checkout that made it), else the same file under this checkout's cache ($LORA_REPRO_CACHE), so
-    records merged from another checkout find their weights when the cache is pointed at its .cache."""
-    from lora_repro.checkpoints import weights_path
-
-    saved = (record.get("checkpoint") or {}).get("path")
-    if not saved:
-        return None
-    named = Path(saved) if Path(saved).is_absolute() else REPO_ROOT / saved
-    for path in (named, weights_path(record["experiment"], record["key"])):
-        if path.is_file():
-            return path
-    return None
-
-
 def trained_factors(record: Mapping) -> Factors:
-    """The trained LoRA factors of a run, read from its method-only safetensors."""
-    from safetensors.torch import load_file
+    """The trained LoRA factors of a run, read from its method-only safetensors (checked against its sha256)."""
+    from lora_repro.checkpoints import load_verified, record_weights
 
-    path = weights_file(record)
-    if path is None:
-        saved = (record.get("checkpoint") or {}).get("path")
+    path = record_weights(record)
+    if path is None or not path.is_file():
         raise FileNotFoundError(
-            f"run {record['experiment']}/{record['key']} has no saved weights on disk ({saved or 'none saved'}); "
-            "fix: point LORA_REPRO_CACHE at the cache holding weights/, or rerun that config with force=true "
-            "train.save_weights=true")
-    factors = parse_factors(load_file(str(path)), record["config"]["model"]["family"])
+            f"run {record['experiment']}/{record['key']} has no saved weights ({path or 'none saved'}); "
+            "fix: rerun that config with force=true train.save_weights=true")
+    state = load_verified(path, record["checkpoint"].get("sha256"))
+    factors = parse_factors(state, record["config"]["model"]["family"])
     if not factors:
         raise ValueError(f"{path} holds no LoRA matrices; was run {record['key']} a LoRA run?")
     return factors
