@@ -17,6 +17,7 @@ overrides without the init override, with the source task in place of its own.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,27 +68,10 @@ def group_option(group: str, name: str) -> dict[str, Any]:
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
-    """'r=8;targets=[q;v]' -> {'r': 8, 'targets': ['q', 'v']} (the compact form used in CSVs)."""
-    result: dict[str, Any] = {}
-    depth, token, tokens = 0, "", []
-    for char in text or "":
-        depth += char == "["
-        depth -= char == "]"
-        if char == ";" and depth == 0:
-            tokens.append(token)
-            token = ""
-        else:
-            token += char
-    if token:
-        tokens.append(token)
-    for item in tokens:
-        key, _, value = item.partition("=")
-        if value.startswith("["):
-            result[key] = [v for v in value[1:-1].split(";") if v]
-        else:
-            # YAML scalar typing (as Hydra overrides): 16 -> int, 0.1 / 1e-3 -> float, false -> bool, kaiming -> str
-            result[key] = OmegaConf.create(f"v: {value}").v
-    return result
+    """'r=8;targets=[q;v]' -> {'r': 8, 'targets': ['q', 'v']}: the compact form of the paper CSVs (';' in
+    place of Hydra's ',' so a cell needs no quoting), typed by Hydra's own override parser."""
+    items = [item.replace(";", ",") for item in re.split(r";(?![^\[]*\])", text or "") if item]
+    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(items)}
 
 
 def explicit_overrides(overrides: Sequence[str]) -> dict[str, Any]:
