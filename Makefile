@@ -77,7 +77,7 @@ REPORT_ARGS ?=
 launch = hydra/launcher=$(LAUNCHER) $(if $(filter joblib%,$(LAUNCHER)),hydra.launcher.n_jobs=$(1),)
 multirun = $(PYTHON) -m experiments.run -m +experiment=$(1) $(call launch,$(2)) $(ARGS)
 
-sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs) and E2E (6 runs, one job of 2 threads), then reports
+sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs) and E2E (6 runs, one job), then reports
 	$(call multirun,sweep_rank_glue,$(JOBS))
 	$(call multirun,sweep_rank_e2e,1)
 	$(MAKE) --no-print-directory table-sweep-rank_glue table-sweep-rank_e2e
