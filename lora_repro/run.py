@@ -1,22 +1,25 @@
 """One run, config to record: skip it if the store has it, build the model, apply the method, start
 from a source run's weights if asked, train, save the method-only weights, write one record.
 
-The config comes resolved and validated (`config.resolve`); side effects (weights, record, wandb)
-happen only on the process that owns the run (rank 0).
+The config comes resolved and validated (`config.resolve`); side effects (weights, record, wandb,
+resume state, the NLG test decode) happen only on the process that owns the run (rank 0 under
+torchrun or accelerate launch; see lora_repro/distributed.py). With `train.checkpoint_every`, a
+killed run's resume state is picked up by the rerun and deleted once the record is written.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import torch
 
 from lora_repro import checkpoints
 from lora_repro.config import ConfigError, device_for, method_label
+from lora_repro.distributed import is_rank_zero, setup
 from lora_repro.methods import apply_method, count_params, load_method_state_dict
 from lora_repro.models import load_model
+from lora_repro.resume import Checkpointer, resume_path
 from lora_repro.store import RunStore, new_record, run_key
 from lora_repro.tasks import family
 from lora_repro.tracking import make_tracker
@@ -25,10 +28,6 @@ from lora_repro.train import autocast, train_config, train_loop
 log = logging.getLogger(__name__)
 
 __all__ = ["ConfigError", "is_rank_zero", "run"]
-
-
-def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -> dict:
@@ -41,12 +40,14 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     key, experiment = run_key(cfg), cfg["experiment_name"]
     if store.exists(experiment, key) and not cfg["force"]:
         log.info("skip: %s/%s already in the store (force=true to rerun)", experiment, key)
+        if is_rank_zero():  # killed between writing the record and deleting its resume state
+            resume_path(experiment, key).unlink(missing_ok=True)
         return store.read(experiment, key)
     train_cfg, task_cfg = train_config(cfg["train"]), cfg["task"]
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     torch.manual_seed(int(cfg["seed"]))
-    device = device_for(train_cfg.device)
+    device = setup(device_for(train_cfg.device))
     tasks = family(task_cfg["kind"])
     started = time.perf_counter()
     loaded = load_model(cfg["model"], tasks.TASK_KIND, tasks.num_labels(task_cfg["name"]), seed=int(cfg["seed"]),
@@ -59,11 +60,13 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     data = tasks.prepare(cfg, loaded.tokenizer, handle, device)
     tracker = make_tracker(cfg if is_rank_zero() else {"logger": {"name": "none"}}, key)
     tracker.log_params(params)
-    state, measured = train_loop(model, handle, data, train_cfg, device, on_epoch=tracker.log_epoch)
+    checkpointer = Checkpointer(resume_path(experiment, key), train_cfg.checkpoint_every, write=is_rank_zero())
+    state, measured = train_loop(model, handle, data, train_cfg, device, on_epoch=tracker.log_epoch,
+                                 checkpointer=checkpointer)
     best = dict(state.best or {})
     if state.best_weights is not None:
         load_method_state_dict(model, state.best_weights)
-    if data.finish is not None:
+    if data.finish is not None and is_rank_zero():
         with autocast(train_cfg, device):
             best.update(data.finish(model))
     checkpoint = {"bytes": checkpoints.state_bytes(state.best_weights), "init_from": init_path}
@@ -79,6 +82,7 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     )
     if is_rank_zero():
         store.write(record, force=bool(cfg["force"]))
+        checkpointer.discard()
         tracker.log_record(record)
     tracker.finish()
     return record

@@ -93,8 +93,10 @@ _OLD_ADAPTER_PLACEMENT = {"adapter_h": ["attn_out", "ffn_out"], "adapter_d": ["a
 # (group, key) -> the value that reproduces the behaviour from before the key existed; a callable
 # takes the group's dict and returns it, when it depended on the preset (None: the preset always had
 # the key, so it is hashed); `_ANY` when every value of a key that did not exist was implied.
+_ANY = object()
 KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {
     ("train", "precision"): "fp32",
+    ("train", "checkpoint_every"): _ANY,  # how often resume state is saved; the result does not depend on it
     # typed configs (lora_repro/schemas.py) made every preset's implicit choices explicit fields
     ("method", "label"): None,
     ("method", "top_k"): None,
@@ -131,7 +133,7 @@ def run_key(config: Mapping[str, Any]) -> str:
             continue
         old = old_behaviour(section) if callable(old_behaviour) else old_behaviour
         always_hashed = callable(old_behaviour) and old is None  # the preset had the key before
-        if not always_hashed and section[name] == old:
+        if old is _ANY or (not always_hashed and section[name] == old):
             identity[group] = {k: v for k, v in section.items() if k != name}
     for group, name in INTEGRAL_AS_INT:
         value = (identity.get(group) or {}).get(name) if isinstance(identity.get(group), Mapping) else None
@@ -297,10 +299,8 @@ class RunStore:
 
     def records(self, experiment: str | None = None) -> list[dict[str, Any]]:
         """All records (of one experiment, if given), in path order."""
-        if experiment is None:
-            paths = (self.root / "runs").glob("*/*.json")
-        else:
-            paths = self._folder(experiment).glob("*.json")
+        every = experiment is None
+        paths = (self.root / "runs").glob("*/*.json") if every else self._folder(experiment).glob("*.json")
         return [_load(path) for path in sorted(paths)]
 
 

@@ -60,6 +60,10 @@ class ReshufflingLoader:
     def __len__(self) -> int:
         return -(-len(self.features) // self.batch_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The next pass uses `epoch`'s order (a resumed run replays its epoch; see train.epoch_batches)."""
+        self.epoch = epoch
+
     def __iter__(self):
         order = list(range(len(self.features)))
         random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
