@@ -50,8 +50,11 @@ reproduce-dart: $(STAMP)  ## DART table (as reproduce-e2e)
 # E2E runs one job of 2 threads: SmolLM2 LoRA measured 1.7 s/step there vs 3.5 s/step for each of two
 # side-by-side 1-thread jobs (records in results/runs/e2e_cpu; those predate the ~15% cheaper loss)
 reproduce-e2e: JOBS = 1
+# The shards run in the background, where a non-interactive shell makes them ignore Ctrl-C (SIGINT):
+# the traps stop them (SIGTERM) when make is interrupted or terminated, or when one shard fails.
 reproduce-%:
-	@set -e; pids=; for i in $$(seq 0 $$(($(JOBS) - 1))); do \
+	@set -e; pids=; trap 'kill $$pids 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	for i in $$(seq 0 $$(($(JOBS) - 1))); do \
 	  $(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --shard $$i/$(JOBS) $(ARGS) & \
 	  pids="$$pids $$!"; done; for p in $$pids; do wait $$p; done
 	$(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --table-only $(ARGS)
