@@ -97,3 +97,19 @@ def test_two_processes_match_one_with_the_same_global_batch(launcher, tmp_path, 
     assert weights.keys() == single_weights.keys()
     assert max(float((weights[k] - single_weights[k]).abs().max()) for k in weights) <= DDP_TOLERANCE
     assert len(list((tmp_path / "two" / "runs" / "ddp").glob("*.json"))) == 1  # rank 1 wrote nothing
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_at_random_points_completes_with_every_record_once(tmp_path):
+    import json
+
+    env = {**os.environ, "LORA_REPRO_RESULTS": str(tmp_path / "results"), CACHE_ENV: str(tmp_path / "cache")}
+    sweep = ["experiment_name=killsweep", "task=stsb,sst2", "seed=0,1,2", "model=tiny_llama", "train.epochs=3",
+             "train.num_threads=1", "train.checkpoint_every=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    done = subprocess.run([sys.executable, "-m", "experiments.kill_sweep", "--kills=3", "--seed=0", "--expect=6",
+                           "--max-delay=2", f"--logs={tmp_path / 'logs'}", *sweep],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert summary["problems"] == [] and summary["records"] == 6 and summary["kills"] >= 1
+    assert summary["skipped_by_last_round"] >= summary["recorded_before_last_round"]
