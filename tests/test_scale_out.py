@@ -113,3 +113,38 @@ def test_a_sweep_killed_at_random_points_completes_with_every_record_once(tmp_pa
     summary = json.loads(done.stdout.splitlines()[-1])
     assert summary["problems"] == [] and summary["records"] == 6 and summary["kills"] >= 1
     assert summary["skipped_by_last_round"] >= summary["recorded_before_last_round"]
+
+
+def submitit_env(tmp_path) -> dict:
+    return {**os.environ, "LORA_REPRO_RESULTS": str(tmp_path / "results"), CACHE_ENV: str(tmp_path / "cache")}
+
+
+@pytest.mark.slow
+def test_a_submitit_local_sweep_records_each_run_from_its_own_job(tmp_path):
+    from lora_repro.store import RunStore
+
+    command = [sys.executable, "-m", "experiments.run", "-m", "hydra/launcher=submitit_local_sweep",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}", "experiment_name=submitit", "task=stsb,sst2",
+               "model=tiny_llama", "train.num_threads=1"]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=submitit_env(tmp_path), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = RunStore(tmp_path / "results").records("submitit")
+    assert sorted(r["task"] for r in records) == ["sst2", "stsb"]
+    assert len(list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))) == 2  # one submitit job per run
+
+
+@pytest.mark.slow
+def test_make_reproduce_runs_its_shards_on_a_hydra_launcher_by_one_override(tmp_path):
+    from lora_repro.protocol import plan_runs
+    from lora_repro.store import RunStore, run_key
+
+    command = ["make", "--no-print-directory", "reproduce-glue", "SCALE=smoke", "JOBS=2", f"PYTHON={sys.executable}",
+               "STAMP=", "LAUNCHER=submitit_local_sweep", f"LAUNCH_ARGS=hydra.sweep.dir={tmp_path / 'sweep'}"]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=submitit_env(tmp_path), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = {run_key(c) for c in plan_runs(["+experiment=glue_smoke"], ["full", "lora"], ["sst2", "stsb"], [0])}
+    assert {r["key"] for r in RunStore(tmp_path / "results").records("glue_smoke")} == expected
+    assert len(list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))) == 2  # one job per shard
+    assert (tmp_path / "results" / "tables" / "glue_glue_smoke.md").is_file()
