@@ -20,7 +20,8 @@ tracker, log files) and the NLG test decode happen on rank 0 only.
 Why torch DDP and not `accelerate.Accelerator`: the causal LM loss runs the base model and the LM
 head separately (train.causal_lm_loss), which DDP only synchronises when its forward runs, so the
 model and the loss are wrapped as one module (`LossForward`); `accelerate launch` starts the same
-processes as torchrun and needs nothing else.
+processes as torchrun and needs nothing else. Model sharding (FSDP, DeepSpeed ZeRO) is not
+implemented: an accelerate config asking for it is refused before any work rather than ignored.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lora_repro.schemas import ConfigError
+
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
+# accelerate launch settings this loop does not implement (it shards the data, never the model)
+MODEL_SHARDING = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
 
 
 def world_size() -> int:
@@ -51,6 +56,10 @@ def is_rank_zero() -> bool:
 
 def setup(device: torch.device) -> torch.device:
     """Join the launcher's process group (once); return this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    for name in MODEL_SHARDING:
+        if os.environ.get(name, "").lower() == "true":
+            raise ConfigError(f"{name}=true (accelerate config): this suite trains data-parallel (DDP) only; "
+                              "use conf/accelerate/multi_gpu.yaml or torchrun (see README, Scaling out)")
     if world_size() == 1:
         return device
     if device.type == "cuda":

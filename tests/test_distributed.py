@@ -49,3 +49,10 @@ def test_one_process_trains_on_the_batch_itself(monkeypatch):
     batch = {"input_ids": torch.ones(2, 3), "labels": torch.ones(2)}
     part, weight = distributed.shard(batch)
     assert part is batch and weight == 1.0
+
+
+@pytest.mark.parametrize("engine", distributed.MODEL_SHARDING)
+def test_an_accelerate_config_asking_for_model_sharding_is_refused_not_ignored(monkeypatch, engine):
+    monkeypatch.setenv(engine, "true")
+    with pytest.raises(distributed.ConfigError, match=f"{engine}=true.*data-parallel"):
+        distributed.setup(torch.device("cpu"))
