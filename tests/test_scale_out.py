@@ -77,7 +77,7 @@ def test_ctrl_c_on_make_stops_every_process_it_started(target, tmp_path):
 # tiny_llama has no dropout, so one process and two see the same numbers up to float reassociation
 DDP_RUN = ["task=stsb", "model=tiny_llama", "method=lora", "train.lr=1e-2", "train.train_subset=61", "train.epochs=2",
            "train.save_weights=true", "train.num_threads=1", "experiment_name=ddp"]
-DDP_TOLERANCE = 1e-5  # absolute, on every epoch metric and every trained weight (measured: ~3e-8)
+DDP_TOLERANCE = 1e-5  # absolute, on every epoch metric and every trained weight (measured: 5e-7, 9e-8)
 LAUNCHERS = {
     "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "experiments.run"],
     "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
