@@ -16,57 +16,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-import time
-import uuid
 
 import pandas as pd
 import torch
 
+from lora_repro.bench.latency import DEFAULT_GRID, experiment_name, measure_into_store, thread_noise
 from lora_repro.config import group_option
-from lora_repro.bench.latency import cell_label, make_variants, run_grid, thread_noise
 from lora_repro.paths import results_dir
 from lora_repro.report.latency import write_latency_report
-from lora_repro.store import RunStore, new_record, run_key
+from lora_repro.store import RunStore
 
 log = logging.getLogger("latency")
-DEFAULT_GRID = {"cpu": "cpu", "cuda": "paper"}
-
-
-def experiment_name(device: torch.device, grid: str) -> str:
-    tag = device.type
-    return f"latency_{tag}" if DEFAULT_GRID.get(tag) == grid else f"latency_{tag}_{grid}"
-
-
-def record_config(grid: dict, variant: dict, device: torch.device, seed: int) -> dict:
-    return {"bench": "latency", "grid": grid, "variant": variant, "device": device.type, "seed": seed}
-
-
-def write_records(result, grid: dict, device: torch.device, seed: int, experiment: str, store: RunStore,
-                  force: bool) -> None:
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    for variant in result.variants:
-        cells = result.cells[variant.name]
-        counts = result.counts[variant.name]
-        best = {}
-        for b, s, _ in grid.get("table1_cells", []):
-            for cell in cells:
-                if (cell["batch"], cell["seq"]) == (int(b), int(s)):
-                    best[f"{cell_label(b, s)}_median_ms"] = cell["median_ms"]
-                    if "overhead_pct" in cell:
-                        best[f"{cell_label(b, s)}_overhead_pct"] = cell["overhead_pct"]
-        record = new_record(
-            record_config(grid, variant.describe(), device, seed), experiment=experiment, task="latency",
-            model=grid["model"], method=variant.name, seed=seed, scale=grid["name"], epochs=cells, best=best,
-            best_epoch=None,
-            params={"trainable": counts["method_params"], "trainable_with_head": counts["method_params"],
-                    "total": counts["total_params"]},
-            timing={**result.info, "run_id": run_id, "warmup": grid["warmup"], "trials": grid["trials"]},
-            memory=result.memory[variant.name],
-            checkpoint={"path": None, "bytes": None, "note": "latency benchmark: no weights saved"},
-            status="completed",
-        )
-        store.write(record, force=force)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,17 +56,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     experiment = experiment_name(device, grid_name)
     store = RunStore()
-    variants = make_variants(grid, group_option("model", grid["model"]))
-    keys = [run_key(record_config(grid, v.describe(), device, args.seed)) for v in variants]
-    if not args.force and all(store.exists(experiment, k) for k in keys):
-        log.info("%s: the store has this grid already (--force to measure again); rewriting the tables", experiment)
-    else:
-        result = run_grid(grid, device, args.seed)
-        write_records(result, grid, device, args.seed, experiment, store, force=True)
-        log.info("measured %d variants in %.1f min", len(variants), result.info["wall_s"] / 60)
-    command = "python -m experiments.latency " + " ".join(argv if argv is not None else sys.argv[1:])
+    measure_into_store(grid, device, args.seed, experiment, store, args.force)
+    # The caption's "Regenerate" command measures again (the store already holds this grid), whatever rendered it.
+    trials = f" --trials {args.trials}" if args.trials else ""
+    command = f"python -m experiments.latency --grid {grid_name} --device {device.type}{trials} --force"
     _, md, figure = write_latency_report(experiment, results_dir() / "tables", results_dir() / "figures",
-                                         command.strip(), store)
+                                         command, store)
     print(md.read_text())
     log.info("wrote %s and %s", md, figure)
 

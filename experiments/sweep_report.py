@@ -15,7 +15,7 @@ from lora_repro.config import compose_config
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides naming the sweep, e.g. +experiment=sweep_targets_glue")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides naming the sweep (+experiment=sweep_rank_glue)")
     parser.add_argument("--experiment", help="the experiment (store folder) name, instead of +experiment=...")
     parser.add_argument("--metric", help="record column to report (default: the task's headline, BLEU for NLG)")
     parser.add_argument("--wandb", action="store_true", help="log tables and figures to the group's wandb report run")

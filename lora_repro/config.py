@@ -36,7 +36,8 @@ ALL = "_all"
 TASK_KINDS = ("glue", "nlg")
 EXPLICIT_GROUPS = ("train.", "method.")
 METHOD_SCHEMAS = {"finetune": schemas.FineTuneConfig, "lora": schemas.LoRAConfig,
-                  "adapter": schemas.AdapterConfig, "prefix": schemas.PrefixConfig}
+                  "adapter": schemas.AdapterConfig, "prefix": schemas.PrefixConfig,
+                  "peft_adapter": schemas.PeftAdapterConfig}
 SCHEMA_PREFIX = "/schema/"
 
 __all__ = ["ConfigError", "compose_config", "group_option", "init_source_key", "method_label", "resolve"]

@@ -34,7 +34,7 @@ class MemoryMeter:
             self.peak_rss = max(self.peak_rss, process.memory_info().rss)
             self._stop.wait(SAMPLE_SECONDS)
 
-    def __enter__(self) -> "MemoryMeter":
+    def __enter__(self) -> MemoryMeter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

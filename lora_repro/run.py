@@ -17,17 +17,31 @@ import torch
 from lora_repro import checkpoints
 from lora_repro.config import ConfigError, device_for, method_label
 from lora_repro.distributed import is_rank_zero, setup
-from lora_repro.methods import apply_method, count_params, load_method_state_dict
-from lora_repro.models import load_model
+from lora_repro.methods import MethodHandle, apply_method, count_params, load_method_state_dict
+from lora_repro.models import LoadedModel, load_model
 from lora_repro.resume import Checkpointer, resume_path
 from lora_repro.store import RunStore, new_record, run_key
 from lora_repro.tasks import family
+from lora_repro.tasks.base import TaskFamily
 from lora_repro.tracking import make_tracker
 from lora_repro.train import autocast, train_config, train_loop
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConfigError", "is_rank_zero", "run"]
+__all__ = ["ConfigError", "build", "is_rank_zero", "run"]
+
+
+def build(cfg: dict) -> tuple[LoadedModel, MethodHandle, TaskFamily]:
+    """The run's model with its method applied, before any training, seeded as `run` seeds it.
+
+    The one place that knows how a config becomes a model: `run`, the PEFT export of a stored run and
+    the re-created initial LoRA factors of the subspace analysis all build through it.
+    """
+    tasks = family(cfg["task"]["kind"])
+    torch.manual_seed(int(cfg["seed"]))
+    loaded = load_model(cfg["model"], tasks.TASK_KIND, tasks.num_labels(cfg["task"]["name"]), seed=int(cfg["seed"]),
+                        head_dropout=train_config(cfg["train"]).cls_dropout)
+    return loaded, apply_method(loaded.model, cfg["method"]), tasks
 
 
 def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -> dict:
@@ -46,14 +60,10 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     train_cfg, task_cfg = train_config(cfg["train"]), cfg["task"]
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
-    torch.manual_seed(int(cfg["seed"]))
     device = setup(device_for(train_cfg.device))
-    tasks = family(task_cfg["kind"])
     started = time.perf_counter()
-    loaded = load_model(cfg["model"], tasks.TASK_KIND, tasks.num_labels(task_cfg["name"]), seed=int(cfg["seed"]),
-                        head_dropout=train_cfg.cls_dropout)
+    loaded, handle, tasks = build(cfg)
     model = loaded.model
-    handle = apply_method(model, cfg["method"])
     init_path = checkpoints.init_from_task(model, cfg, store, init_key) if train_cfg.init_from_task else None
     model.to(device)
     params = count_params(model, handle.spec)

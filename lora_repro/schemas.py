@@ -22,7 +22,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-ADAPTER_SITES = ("attn_out", "ffn_out")
+# attn_out / ffn_out: on the attention / FFN output projection, before the residual add (Houlsby);
+# ffn_add_norm: on the FFN sublayer's add & norm (Pfeiffer); block_out: on the block's output (Lin).
+# lora_repro/methods/adapters.py states each one's equations and sources.
+ADAPTER_SITES = ("attn_out", "ffn_out", "ffn_add_norm", "block_out")
+BLOCK_OUTPUT_SITES = ("ffn_add_norm", "block_out")  # both adapt the block output of a pre-LN block
 LORA_TARGETS = ("q", "k", "v", "o", "mlp")
 LORA_INITS = ("gaussian", "kaiming")
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "swish", "tanh")
@@ -151,10 +155,12 @@ class AdapterConfig(MethodConfig):
     """Bottleneck adapters; the Houlsby/Lin/Pfeiffer/AdapterDrop variants are presets of these values."""
 
     bottleneck: int = MISSING
-    placement: list[str] = field(default_factory=lambda: list(ADAPTER_SITES))  # any of attn_out, ffn_out
-    layer_norm: bool = False  # a LayerNorm on the adapter input (Lin et al.)
+    placement: list[str] = field(default_factory=lambda: ["attn_out", "ffn_out"])  # any of ADAPTER_SITES
+    layer_norm: bool = False  # a LayerNorm of its own on the adapter input (Lin et al.)
     activation: str = "relu"
-    drop_layers: int = 0  # AdapterDrop: no adapters in the lowest drop_layers blocks
+    drop_layers: int = 0  # AdapterDrop, static: no adapters in the lowest drop_layers blocks
+    random_drop_max: int = 0  # Robust AdapterDrop: each training batch skips the lowest k blocks' adapters, k~U{0..max}
+    eval_drop_layers: int = 0  # AdapterDrop at inference: evaluation skips the lowest eval_drop_layers blocks' adapters
     init_std: float = 0.01  # std of the down-projection init
 
     def __post_init__(self) -> None:
@@ -163,9 +169,18 @@ class AdapterConfig(MethodConfig):
         bad = [p for p in self.placement if p not in ADAPTER_SITES]
         _require(bool(self.placement) and not bad,
                  f"method.placement must be a non-empty list of {ADAPTER_SITES}, got {self.placement}")
+        _require(len([p for p in self.placement if p in BLOCK_OUTPUT_SITES]) <= 1,
+                 f"method.placement={self.placement} holds more than one of {BLOCK_OUTPUT_SITES}, which both adapt "
+                 "the block output of GPT-2/Llama blocks; keep one")
         _require(self.activation in ADAPTER_ACTIVATIONS,
                  f"method.activation={self.activation!r} is not one of {ADAPTER_ACTIVATIONS}")
-        _require(self.drop_layers >= 0, f"method.drop_layers must be >= 0, got {self.drop_layers}")
+        for key in ("drop_layers", "random_drop_max", "eval_drop_layers"):
+            value = getattr(self, key)
+            _require(_is_int(value) and value >= 0, f"method.{key} must be an integer >= 0, got {value!r}")
+        _require(not (self.random_drop_max and self.drop_layers),
+                 f"method.random_drop_max={self.random_drop_max} trains adapters in every block, but drop_layers="
+                 f"{self.drop_layers} removes the lowest ones; set method.drop_layers=0 (eval_drop_layers drops "
+                 "adapters at inference)")
         _require(self.init_std > 0, f"method.init_std must be > 0, got {self.init_std}")
 
 
@@ -183,6 +198,18 @@ class PrefixConfig(MethodConfig):
         _require(min(lengths) >= 0 and sum(lengths) >= 1,
                  f"method.prefix_length and method.infix_length must be >= 0 and not both 0, got {lengths}")
         _require(self.init_std > 0, f"method.init_std must be > 0, got {self.init_std}")
+
+
+@dataclass
+class PeftAdapterConfig(MethodConfig):
+    """An existing PEFT LoRA adapter (folder or hub id), applied as the suite's LoRA layers."""
+
+    path: str = MISSING
+    dropout: float | None = None  # null: the adapter's own lora_dropout
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path), "method.path is empty; give method.path=<PEFT adapter folder or hub id>")
+        _require(self.dropout is None or 0 <= self.dropout < 1, f"method.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -247,7 +274,8 @@ class WandbConfig:
 
 SCHEMAS: dict[str, type] = {
     "train": TrainConfig, "finetune": FineTuneConfig, "lora": LoRAConfig, "adapter": AdapterConfig,
-    "prefix": PrefixConfig, "glue_task": GlueTaskConfig, "nlg_task": NLGTaskConfig, "model": ModelConfig,
+    "prefix": PrefixConfig, "peft_adapter": PeftAdapterConfig, "glue_task": GlueTaskConfig,
+    "nlg_task": NLGTaskConfig, "model": ModelConfig,
     "no_logger": NoLoggerConfig, "wandb": WandbConfig,
 }
 

@@ -88,6 +88,8 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "status": str,
 }
 _PARAM_FIELDS = ("trainable", "trainable_with_head", "total")
+# What each adapter preset ran before `placement` existed (the suite's first Lin and Pfeiffer wrapped the FFN output
+# projection). The published sites came later (ffn_add_norm, block_out): configs holding them hash their placement.
 _OLD_ADAPTER_PLACEMENT = {"adapter_h": ["attn_out", "ffn_out"], "adapter_d": ["attn_out", "ffn_out"],
                           "adapter_l": ["ffn_out"], "adapter_p": ["ffn_out"]}
 # (group, key) -> the value that reproduces the behaviour from before the key existed; a callable
@@ -104,6 +106,9 @@ KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {
     ("method", "layer_norm"): lambda m: None if m["name"] == "adapter_l" else False,
     ("method", "drop_layers"): lambda m: None if m["name"] == "adapter_d" else 0,
     ("method", "init_std"): lambda m: 0.01 if m["name"].startswith("adapter_") else None,
+    # AdapterDrop's training-time random drop and inference drop: absent before, i.e. never dropped
+    ("method", "random_drop_max"): 0,
+    ("method", "eval_drop_layers"): 0,
     ("method", "per_layer"): lambda m: m["name"] == "prefix_layer",
     **{("model", name): None for name in ("hub_id", "package", "subdir", "format", "gguf_file", "shape")},
 }
@@ -112,6 +117,29 @@ KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {
 INTEGRAL_AS_INT = (("method", "alpha"),)
 _KEY_PATTERN = re.compile(r"[0-9a-f]{16}")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _as_before(node: Any, group: str | None = None) -> Any:
+    """``node`` with every group section (``method``, ``model``, ``train``, at any depth: a latency
+    variant nests its method) spelled as before its later keys existed (``KEYS_ADDED_LATER``,
+    ``INTEGRAL_AS_INT``)."""
+    if isinstance(node, list):
+        return [_as_before(item) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    section = {key: _as_before(value, key) for key, value in node.items()}
+    for (rule_group, name), old_behaviour in KEYS_ADDED_LATER.items():
+        if rule_group != group or name not in section:
+            continue
+        old = old_behaviour(section) if callable(old_behaviour) else old_behaviour
+        always_hashed = callable(old_behaviour) and old is None  # the preset had the key before
+        if old is _ANY or (not always_hashed and section[name] == old):
+            del section[name]
+    for rule_group, name in INTEGRAL_AS_INT:
+        value = section.get(name)
+        if rule_group == group and isinstance(value, float) and value.is_integer():
+            section[name] = int(value)
+    return section
 
 
 class RecordExistsError(FileExistsError):
@@ -126,19 +154,7 @@ def run_key(config: Mapping[str, Any]) -> str:
     adding an option does not orphan the store. ``config`` must be plain JSON data (for Hydra:
     ``OmegaConf.to_container(cfg, resolve=True)``).
     """
-    identity = {name: value for name, value in config.items() if name not in IGNORED_CONFIG_KEYS}
-    for (group, name), old_behaviour in KEYS_ADDED_LATER.items():
-        section = identity.get(group)
-        if not isinstance(section, Mapping) or name not in section:
-            continue
-        old = old_behaviour(section) if callable(old_behaviour) else old_behaviour
-        always_hashed = callable(old_behaviour) and old is None  # the preset had the key before
-        if old is _ANY or (not always_hashed and section[name] == old):
-            identity[group] = {k: v for k, v in section.items() if k != name}
-    for group, name in INTEGRAL_AS_INT:
-        value = (identity.get(group) or {}).get(name) if isinstance(identity.get(group), Mapping) else None
-        if isinstance(value, float) and value.is_integer():
-            identity[group] = {**identity[group], name: int(value)}
+    identity = _as_before({name: value for name, value in config.items() if name not in IGNORED_CONFIG_KEYS})
     try:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     except TypeError as err:

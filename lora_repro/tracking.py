@@ -51,7 +51,7 @@ def run_name(cfg: Mapping, key: str) -> str:
     swept = {name.rpartition(".")[2]: value.replace(",", "+").replace(" ", "")
              for name, value in swept_values(cfg).items()}
     swept.setdefault("seed", str(cfg.get("seed")))
-    parts = [cfg["task"]["name"], cfg["method"].get("label", cfg["method"]["name"])]
+    parts = [cfg["task"]["name"], cfg["method"].get("label") or cfg["method"]["name"]]
     parts += [f"{name}={value}" for name, value in swept.items() if name not in ("task", "method")]
     return "-".join([*parts, key[:6]])
 

@@ -229,11 +229,12 @@ class Stepper:
 def epoch_batches(loader: Iterable[dict], epoch: int, skip: int) -> Iterator[dict]:
     """The epoch's batches after the first `skip` (already trained before a resume), in the epoch's order.
 
-    The loader's shuffle is set to `epoch` (`set_epoch` on it or its sampler), which is what its
-    own per-pass counter would hold in an uninterrupted run.
+    The loader's shuffle is set to `epoch` (`set_epoch` on its batch sampler, its sampler or itself),
+    which is what its own per-pass counter would hold in an uninterrupted run.
     """
-    order = getattr(loader, "sampler", loader)
-    if hasattr(order, "set_epoch"):
+    holders = (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None), loader)
+    order = next((h for h in holders if hasattr(h, "set_epoch")), None)
+    if order is not None:
         order.set_epoch(epoch)
     batches = iter(loader)
     for _ in range(skip):

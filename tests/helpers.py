@@ -13,6 +13,16 @@ def tiny(family: str, seed: int = 0):
                       num_labels=2, seed=seed)
 
 
+def adapter_path(spec, site: str, block: int) -> str:
+    """Where an adapter at `site` of block `block` lives (lora_repro/methods/adapters.py)."""
+    prefix = f"{spec.blocks}.{block}"
+    if site in ("attn_out", "ffn_out"):
+        return f"{prefix}.{getattr(spec, site)}.adapter"
+    if site == "ffn_add_norm" and spec.out_norm:  # post-LN: the block's closing LayerNorm is wrapped
+        return f"{prefix}.{spec.out_norm}.adapter"
+    return f"{prefix}.adapter"  # on the block output (a forward hook)
+
+
 def write_text(folder: Path, name: str, text: str) -> Path:
     """A UTF-8 text file in `folder` (scorer inputs in the tests)."""
     path = folder / name

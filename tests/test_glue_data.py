@@ -3,6 +3,7 @@ and line, tokenisation is cached, and batches are padded per batch."""
 
 import csv
 import os
+from itertools import chain
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from lora_repro import paths
 from lora_repro.data import glue
+from lora_repro.data.glue import encode as glue_encode
 
 ALL_SPLITS = [(task, split) for task, spec in glue.TASKS.items() for split in spec.splits]
 
@@ -218,7 +220,7 @@ def test_encode_matches_tokenizer_and_is_cached(
         raise AssertionError("tokenised again despite a cached encoding")
 
     with monkeypatch.context() as patch:
-        patch.setattr(glue, "_tokenize", no_tokenizing)
+        patch.setattr(glue_encode, "_tokenize", no_tokenizing)
         again = glue.encode_split(tokenizer, "rte", "dev", 64, subset_size=40, data_root=root)
     assert torch.equal(again.ids, encoded.ids) and torch.equal(again.labels, encoded.labels)
 
@@ -254,24 +256,24 @@ def test_shuffled_order_is_seeded_per_epoch_and_complete(tokenizer, cache, share
 
     def epoch_rows(loader) -> list[list[int]]:
         # Recover each batch's row numbers from the sampler, the loader's source of order.
-        return list(iter(loader.sampler))
+        return list(iter(loader.batch_sampler))
 
     first = glue.make_loader(encoded, 16, shuffle=True, seed=1, pad_token_id=0)
     second = glue.make_loader(encoded, 16, shuffle=True, seed=1, pad_token_id=0)
     epoch0, epoch1 = epoch_rows(first), epoch_rows(first)
     assert epoch0 == epoch_rows(second) and epoch0 != epoch1
-    assert sorted(sum(epoch0, [])) == list(range(200))
-    second.sampler.set_epoch(1)
+    assert sorted(chain.from_iterable(epoch0)) == list(range(200))
+    second.batch_sampler.set_epoch(1)
     assert epoch_rows(second) == epoch1
 
     grouped = glue.make_loader(
         encoded, 16, shuffle=True, seed=1, pad_token_id=0, group_by_length=True
     )
-    rows = sum(epoch_rows(grouped), [])
+    rows = list(chain.from_iterable(epoch_rows(grouped)))
     assert sorted(rows) == list(range(200))
     grouped_width = sum(int(batch["input_ids"].shape[1]) for batch in grouped)
     plain_width = sum(int(batch["input_ids"].shape[1]) for batch in first)
     assert grouped_width < plain_width
     by_length = glue.make_loader(encoded, 16, pad_token_id=0, group_by_length=True)  # evaluation order
-    assert sorted(sum(epoch_rows(by_length), [])) == list(range(200))
+    assert sorted(chain.from_iterable(epoch_rows(by_length))) == list(range(200))
     assert sum(int(batch["input_ids"].shape[1]) for batch in by_length) < plain_width

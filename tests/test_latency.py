@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lora_repro.bench import latency, stats
+from lora_repro.bench import checks, latency, stats, timing, variants
 from lora_repro.config import group_option
 from lora_repro.methods import lora
 from lora_repro.report import latency as report
@@ -21,26 +21,26 @@ def tiny_grid(**overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def base():
-    return latency.build_base(TINY, torch.device("cpu"), torch.float32, seed=0)
+    return variants.build_base(TINY, torch.device("cpu"), torch.float32, seed=0)
 
 
 def test_variants_cover_the_paper_and_budget_bottlenecks():
-    variants = {v.name: v for v in latency.make_variants(tiny_grid(), TINY)}
-    assert {"base", "lora_unmerged", "lora_merged", "adapter_h_b2", "adapter_l_b4"} <= set(variants)
+    made = {v.name: v for v in variants.make_variants(tiny_grid(), TINY)}
+    assert {"base", "lora_unmerged", "lora_merged", "adapter_h_b2", "adapter_l_b4"} <= set(made)
     # Only the budget that has a measured Table 1 cell gets variants, and only at that cell.
-    assert "adapter_h_large" in variants and "adapter_h_small" not in variants
-    assert variants["adapter_h_large"].cells == ((1, 8),)
-    assert variants["adapter_h_large"].runs_at((1, 8)) and not variants["adapter_h_large"].runs_at((2, 8))
-    assert variants["base"].runs_at((2, 8))
+    assert "adapter_h_large" in made and "adapter_h_small" not in made
+    assert made["adapter_h_large"].cells == ((1, 8),)
+    assert made["adapter_h_large"].runs_at((1, 8)) and not made["adapter_h_large"].runs_at((2, 8))
+    assert made["base"].runs_at((2, 8))
 
 
 def test_bottleneck_for_budget_uses_the_paper_formula():
     # GPT-2 medium: 24 blocks, d = 1024. Adapter^H: 48 adapters, L(2dr + r + d), no LayerNorm.
-    r, count = latency.bottleneck_for_budget(group_option("model", "gpt2_medium"), "adapter_h", 11_000_000)
+    r, count = variants.bottleneck_for_budget(group_option("model", "gpt2_medium"), "adapter_h", 11_000_000)
     assert count == 48 * (2 * 1024 * r + r + 1024)
     assert abs(count - 11_000_000) <= 48 * (2 * 1024 + 1) / 2
     # Adapter^L: 24 adapters each with its own LayerNorm (2d).
-    r, count = latency.bottleneck_for_budget(group_option("model", "gpt2_medium"), "adapter_l", 500_000)
+    r, count = variants.bottleneck_for_budget(group_option("model", "gpt2_medium"), "adapter_l", 500_000)
     assert count == 24 * (2 * 1024 * r + r + 1024) + 24 * 2 * 1024
 
 
@@ -50,18 +50,18 @@ def test_variants_share_base_weights_and_merged_has_the_base_graph(base):
         before = base(input_ids=ids).logits.clone()
     lora_cfg = {**group_option("method", "lora"), "r": 2, "targets": ["q", "v"]}
     torch.manual_seed(0)  # the same seed before both: the same LoRA weights in both variants
-    unmerged, counts = latency.build_variant(base, latency.Variant("lora_unmerged", "lora_unmerged", lora_cfg))
+    unmerged, counts = variants.build_variant(base, variants.Variant("lora_unmerged", "lora_unmerged", lora_cfg))
     torch.manual_seed(0)
-    merged, merged_counts = latency.build_variant(base, latency.Variant("lora_merged", "lora_merged", lora_cfg))
+    merged, merged_counts = variants.build_variant(base, variants.Variant("lora_merged", "lora_merged", lora_cfg))
     # LoRA params: 2 blocks x (q, v) x r x (in + out/3 slice) = 2 * 2 * 2 * (32 + 32)
     assert counts["method_params"] == merged_counts["method_params"] == 2 * 2 * 2 * (32 + 32)
-    assert latency.same_graph(merged, base)
-    assert not latency.same_graph(unmerged, base)
+    assert variants.same_graph(merged, base)
+    assert not variants.same_graph(unmerged, base)
     assert not lora.lora_layers(merged)
     # The frozen weights are the base's own tensors, except the merged copies of c_attn.
     assert unmerged.transformer.h[0].mlp.c_fc.weight is base.transformer.h[0].mlp.c_fc.weight
     assert merged.transformer.h[0].attn.c_attn.weight.data_ptr() != base.transformer.h[0].attn.c_attn.weight.data_ptr()
-    assert latency.unique_bytes(merged, base) == 2 * 32 * 96 * 4
+    assert variants.unique_bytes(merged, base) == 2 * 32 * 96 * 4
     with torch.inference_mode():
         after = base(input_ids=ids).logits
         assert torch.equal(before, after)  # merging never wrote into the shared base weights
@@ -73,7 +73,7 @@ def test_variants_share_base_weights_and_merged_has_the_base_graph(base):
 
 def test_merged_with_zero_delta_reproduces_the_base_outputs(base):
     ids = torch.randint(0, base.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1))
-    model = latency.shared_copy(base)
+    model = variants.shared_copy(base)
     from lora_repro.methods import apply_method
 
     apply_method(model, {**group_option("method", "lora"), "r": 2})
@@ -110,13 +110,13 @@ def test_run_grid_records_timings_memory_and_environment():
 
 
 def test_summary_statistics_and_paired_overhead():
-    stats = latency.summarise([0.010, 0.012, 0.011, 0.013], base_s=[0.010, 0.010, 0.010, 0.010])
-    assert stats["median_ms"] == pytest.approx(11.5)
-    assert stats["mean_ms"] == pytest.approx(11.5)
-    assert stats["iqr_ms"] == pytest.approx(1.5)
-    assert stats["overhead_pct"] == pytest.approx(15.0)
-    assert stats["overhead_pct_paired"] == pytest.approx(15.0)
-    assert stats["overhead_pct_paired_ci"] == pytest.approx([0.0, 30.0])  # n=4: (min, max)
+    summary = timing.summarise([0.010, 0.012, 0.011, 0.013], base_s=[0.010, 0.010, 0.010, 0.010])
+    assert summary["median_ms"] == pytest.approx(11.5)
+    assert summary["mean_ms"] == pytest.approx(11.5)
+    assert summary["iqr_ms"] == pytest.approx(1.5)
+    assert summary["overhead_pct"] == pytest.approx(15.0)
+    assert summary["overhead_pct_paired"] == pytest.approx(15.0)
+    assert summary["overhead_pct_paired_ci"] == pytest.approx([0.0, 30.0])  # n=4: (min, max)
 
 
 def test_median_interval_is_the_binomial_order_statistics():
@@ -141,11 +141,6 @@ def test_thread_noise_compares_identical_models_per_thread_count():
         assert row["copy_base_low"] <= row["copy_base_paired"] <= row["copy_base_high"]
 
 
-def test_cpu_timer_measures_the_call():
-    timer = latency.make_timer(torch.device("cpu"))
-    assert timer(lambda: sum(range(1000))) > 0
-
-
 def _frame(rows):
     """Report rows from (variant, kind, bottleneck, budget, batch, seq, per-round ratios to a 10 ms base)."""
     out = []
@@ -168,28 +163,28 @@ def _cell_rows(batch, seq, h, lo, merged, n=6):
 
 def test_checks_report_each_acceptance_criterion_with_numbers():
     rows = _cell_rows(1, 128, 30.0, 20.0, 0.3) + _cell_rows(4, 256, 5.0, 3.0, -0.2)
-    checks = {c["check"].split(" (")[0]: c for c in report.checks(_frame(rows))}
-    assert len(checks) == 3
-    assert all(c["passed"] and c["resolved"] for c in checks.values()), checks
-    assert all(report.result_text(c) == "met" for c in checks.values())
+    by_name = {c["check"].split(" (")[0]: c for c in checks.checks(_frame(rows))}
+    assert len(by_name) == 3
+    assert all(c["passed"] and c["resolved"] for c in by_name.values()), by_name
+    assert all(checks.result_text(c) == "met" for c in by_name.values())
     rows[2] = ("adapter_h_b10", "adapter_h", 10, None, 1, 128, [1.10] * 6)  # H below L at bs1/128
-    failed = [c for c in report.checks(_frame(rows)) if not c["passed"]]
+    failed = [c for c in checks.checks(_frame(rows)) if not c["passed"]]
     assert [c["check"] for c in failed] == ["Adapter^H overhead > Adapter^L overhead > 0 at batch 1, seq 128"]
     assert "H +10.0 % [+10.0, +10.0], L +20.0 % [+20.0, +20.0], H / L -8.3 %" in failed[0]["numbers"]
-    assert failed[0]["resolved"] and report.result_text(failed[0]) == "NOT met"
-    results = report.checks(_frame(rows))
-    lines = report.notes(results, _frame(rows), "cpu")
+    assert failed[0]["resolved"] and checks.result_text(failed[0]) == "NOT met"
+    results = checks.checks(_frame(rows))
+    lines = checks.notes(results, _frame(rows), "cpu")
     assert not any("shrank" in line for line in lines)  # the shrink check passed
     assert len(lines) == 2 and "r=10: H 3.00 %, L 3.00 %" in lines[1]  # the order missed: the arithmetic note
-    assert report.notes(results, _frame(rows), "cuda") == []
+    assert checks.notes(results, _frame(rows), "cuda") == []
 
 
 def test_a_check_inside_the_noise_says_so():
     noisy = [1.004, 0.985, 1.02, 1.003, 0.995, 1.006]  # median within ± 1 %, interval (min, max) is not
     rows = [r if r[0] != "lora_merged" else (*r[:6], noisy) for r in _cell_rows(1, 128, 30.0, 20.0, 0.0)]
-    merge = report.checks(_frame(rows))[0]
+    merge = checks.checks(_frame(rows))[0]
     assert merge["passed"] and not merge["resolved"]
-    assert report.result_text(merge) == "met (within noise: a 95 % interval spans the bound)"
+    assert checks.result_text(merge) == "met (within noise: a 95 % interval spans the bound)"
     assert "bs1 seq128: 1.0035 [0.9850, 1.0200]" in merge["numbers"]
 
 
@@ -202,23 +197,24 @@ def test_a_cpu_that_misses_the_gpu_pattern_says_why():
     rows += [("adapter_h_11M", "adapter_h", 111, "11M", 1, 128, same),
              ("adapter_l_11M", "adapter_l", 222, "11M", 1, 128, same[1:] + same[:1])]
     frame = _frame(rows)
-    results = report.checks(frame)
+    results = checks.checks(frame)
     assert not next(c for c in results if c["check"].startswith("overhead shrinks"))["passed"]
     order = next(c for c in results if c["check"].startswith("Adapter^H"))
     assert not order["resolved"] and "|Θ|=11M (r_H=111, r_L=222)" in order["numbers"]
-    lines = report.notes(results, frame, "cpu")
+    lines = checks.notes(results, frame, "cpu")
     assert ("The CPU pattern differs from the paper's GPU pattern: from the smallest to the largest cell the "
-            "overhead shrank for no adapter but not for adapter_h_b10. " + report.SHRINK_REASON) in lines
+            "overhead shrank for no adapter but not for adapter_h_b10. " + checks.SHRINK_REASON) in lines
     assert any(line.startswith("On a CPU an adapter costs its arithmetic") and "|Θ|=11M (r_H=111, r_L=222): "
                "H 3.00 %, L 3.00 %" in line for line in lines)
-    assert report.notes(results, frame, "cuda") == []  # on a GPU a miss is a finding, not explained away
+    assert checks.notes(results, frame, "cuda") == []  # on a GPU a miss is a finding, not explained away
 
 
 def test_latency_entry_point_writes_records_tables_and_heatmap(store_root, monkeypatch):
     from experiments import latency as entry
     from lora_repro.store import RunStore
 
-    monkeypatch.setattr(entry, "group_option", lambda group, name: tiny_grid() if group == "bench" else group_option(group, name))
+    monkeypatch.setattr(entry, "group_option",
+                        lambda group, name: tiny_grid() if group == "bench" else group_option(group, name))
     entry.main(["--grid", "smoke", "--device", "cpu"])
     records = RunStore(store_root).records("latency_cpu_smoke")
     assert {r["method"] for r in records} >= {"base", "lora_merged", "lora_unmerged", "adapter_h_b2", "adapter_l_b4"}
@@ -231,9 +227,10 @@ def test_latency_entry_point_writes_records_tables_and_heatmap(store_root, monke
     assert "times_ms" not in csv.columns and "paired ratio [95 % interval]" in md
     assert (store_root / "figures" / "latency_heatmap_cpu_smoke.png").stat().st_size > 0
     # A rerun of the same config measures nothing: the records stay as they are.
-    monkeypatch.setattr(entry, "run_grid", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(latency, "run_grid", lambda *a, **k: pytest.fail("measured again"))
     entry.main(["--grid", "smoke", "--device", "cpu"])
-    assert [r["created_at"] for r in RunStore(store_root).records("latency_cpu_smoke")] == [r["created_at"] for r in records]
+    again = RunStore(store_root).records("latency_cpu_smoke")
+    assert [r["created_at"] for r in again] == [r["created_at"] for r in records]
 
 
 def test_paper_table1_csv_has_the_nine_cells():

@@ -62,12 +62,12 @@ def logits(model, batch) -> torch.Tensor:
 
 def test_branch_init_and_scaling():
     torch.manual_seed(0)
-    gauss = LoRABranch(256, 128, r=8, alpha=16, dropout=0.0, init="gaussian", init_std=0.02)
+    gauss = LoRABranch(256, 128, r=8, alpha=16, init="gaussian", init_std=0.02)
     assert gauss.lora_A.shape == (8, 256) and gauss.lora_B.shape == (128, 8)
     assert gauss.scaling == 2.0
     assert torch.count_nonzero(gauss.lora_B) == 0
     assert 0.018 < gauss.lora_A.std().item() < 0.022  # 2,048 draws of N(0, 0.02^2)
-    kaiming = LoRABranch(256, 128, r=8, alpha=8, dropout=0.0, init="kaiming", init_std=0.02)
+    kaiming = LoRABranch(256, 128, r=8, alpha=8, init="kaiming", init_std=0.02)
     bound = 1 / math.sqrt(256)  # kaiming_uniform(a=sqrt(5)) on fan_in 256
     assert kaiming.lora_A.abs().max() <= bound and kaiming.lora_A.abs().max() > 0.9 * bound
     assert torch.count_nonzero(kaiming.lora_B) == 0
@@ -135,6 +135,24 @@ def test_branch_dropout_acts_on_the_branch_only():
         unmerged = layer(x)
         layer.merge()
         torch.testing.assert_close(layer(x), unmerged, atol=1e-6, rtol=1e-5)  # off at eval: merge is exact
+
+
+def test_fused_qkv_branches_share_one_dropout_mask():
+    """loralib's MergedLinear drops the shared input once: with equal q and v weights the two updates are equal."""
+    d = 32
+    layer = LoRALinear(Conv1D(3 * d, d), {"q": (0, d), "v": (2 * d, 3 * d)}, {"q": 4, "v": 4}, alpha=4,
+                       dropout=0.5, init="kaiming", init_std=0.02)
+    q, v = layer.branches["q"], layer.branches["v"]
+    with torch.no_grad():
+        q.lora_B.normal_()
+        v.lora_A.copy_(q.lora_A)
+        v.lora_B.copy_(q.lora_B)
+    x = torch.randn(2, 5, d)
+    torch.manual_seed(0)
+    delta = layer.train()(x) - layer.base(x)
+    full = x @ q.delta_weight().t()  # the update without dropout
+    assert not torch.allclose(delta[..., :d], full)  # dropout is active
+    torch.testing.assert_close(delta[..., :d], delta[..., 2 * d:], atol=1e-6, rtol=0)  # ... one mask for q and v
 
 
 # --- zero start ------------------------------------------------------------------------------------

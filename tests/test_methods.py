@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from helpers import FAMILIES, tiny
+from helpers import FAMILIES, adapter_path, tiny
 
 from lora_repro.config import group_option
 from lora_repro.methods import (
@@ -23,7 +23,7 @@ from lora_repro.methods import (
     load_method_state_dict,
     method_state_dict,
 )
-from lora_repro.methods.adapters import Adapted
+from lora_repro.methods.adapters import Adapter
 from lora_repro.methods.lora import LoRALinear
 from lora_repro.methods.prefix import IGNORE_INDEX, insert_virtual_tokens
 from lora_repro.models import load_model
@@ -157,12 +157,10 @@ def test_adapters_sit_where_the_paper_puts_them(family, method):
     handle = apply_method(loaded.model, method_cfg(method))
     spec = handle.spec
     places, dropped = ADAPTER_PLACES[method]
-    want = {f"{spec.blocks}.{i}.{getattr(spec, p)}" for i in range(dropped, TINY_LAYERS) for p in places}
-    got = {n for n, m in loaded.model.named_modules() if isinstance(m, Adapted)}
-    assert got == want
-    has_norm = {isinstance(m.adapter.norm, torch.nn.LayerNorm)
-                for m in loaded.model.modules() if isinstance(m, Adapted)}
-    assert has_norm == {method == "adapter_l"}
+    want = {adapter_path(spec, p, i) for i in range(dropped, TINY_LAYERS) for p in places}
+    found = {n: m for n, m in loaded.model.named_modules() if isinstance(m, Adapter)}
+    assert set(found) == want
+    assert {isinstance(m.norm, torch.nn.LayerNorm) for m in found.values()} == {method == "adapter_l"}
 
 
 @pytest.mark.parametrize("family", ["roberta", "gpt2", "llama"])
@@ -234,7 +232,7 @@ def test_prefix_gradients_reach_every_vector_set(method):
 
 
 @pytest.mark.parametrize("family", ["roberta", "gpt2", "llama"])
-@pytest.mark.parametrize("method", ["adapter_h", "adapter_l"])
+@pytest.mark.parametrize("method", ["adapter_h", "adapter_l", "adapter_p"])
 def test_adapters_start_as_the_base_model(family, method):
     base = tiny(family).model.eval()
     adapted = copy.deepcopy(base)

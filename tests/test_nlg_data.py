@@ -1,4 +1,4 @@
-"""NLG data layer: the staged files read as the LoRA repo's converters do, encoding, writers.
+"""NLG data layer: the staged files read as the LoRA repo's converters do, grouping, encoding, batching.
 
 Counts are checked against /work/shared/data/MANIFEST.tsv where it has them; the rest (unique
 inputs, seen/unseen sizes) were counted from the files and are asserted so a changed reader shows.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from lora_repro import paths
 from lora_repro.data import nlg
+from lora_repro.data.nlg import encode as nlg_encode
 
 try:
     DATA = paths.data_root()
@@ -141,7 +141,7 @@ def test_e2e_csv_and_txt_agree_on_train():
     csv_rows = nlg.load_examples("e2e", "train", source="csv")
     assert [e.context for e in txt] == [e.context for e in csv_rows]
     strip = re.compile(r"\s+")
-    assert all(strip.sub("", a.completion) == strip.sub("", b.completion) for a, b in zip(txt, csv_rows))
+    assert all(strip.sub("", a.completion) == strip.sub("", b.completion) for a, b in zip(txt, csv_rows, strict=True))
 
 
 @needs_data
@@ -205,7 +205,8 @@ def test_dart_counts_and_context():
     assert manifest["dart/dart-v1.1.1-full-dev.json"] == "2768 entries / 6980 refs"
     assert len(dev) == 6980
     assert len(json.loads((DATA / "dart/dart-v1.1.1-full-dev.json").read_text(encoding="utf8"))) == 2768
-    assert dev[0].context == "Mars Hill College : joined : 1973 | Mars Hill College : location : Mars Hill, North Carolina"
+    mars_hill = "Mars Hill College : joined : 1973 | Mars Hill College : location : Mars Hill, North Carolina"
+    assert dev[0].context == mars_hill
     assert dev[0].seen is None
     assert len(nlg.group_examples(dev)) == 2721  # identical triple sets merge, as in gpt2_decode
     test = nlg.load_examples("dart", "test")
@@ -228,7 +229,7 @@ def test_dart_reader_lowercases_property_only(tmp_path):
 
 @needs_data
 def test_dart_train_missing_is_explained():
-    with pytest.raises(nlg.NLGDataMissing, match="DART train split is not staged.*Yale-LILY/dart"):
+    with pytest.raises(nlg.NLGDataMissing, match=r"DART train split is not staged.*Yale-LILY/dart"):
         nlg.load_examples("dart", "train")
 
 
@@ -365,7 +366,7 @@ def test_encode_split_caches_and_keys(tokenizer, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("cache not used")
 
-    monkeypatch.setattr(nlg, "load_examples", fail)
+    monkeypatch.setattr(nlg_encode, "load_examples", fail)  # where encode_split looks it up
     assert nlg.encode_split(tokenizer, "e2e", "valid", 128, subset_size=40, subset_seed=1) == first
     monkeypatch.undo()
     monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
@@ -381,37 +382,3 @@ def test_encode_split_drops_examples_without_completion(tokenizer, tmp_path, mon
     with pytest.warns(UserWarning, match="no completion token left at max_length=5"):
         out = nlg.encode_split(tokenizer, "e2e", "valid", 5, subset_size=10)
     assert out == []
-
-
-# ----------------------------------------------------------------------------------------------
-# Writers
-# ----------------------------------------------------------------------------------------------
-
-
-def test_write_e2e_files(tmp_path):
-    groups = [("a", ["Ref one .", "Ref two ."]), ("b", ["Only ref ."])]
-    hyps = ["Hyp one .<|endoftext|>", "Hyp two .\n\nrubbish"]
-    nlg.write_e2e_files(groups, hyps, tmp_path / "ref.txt", tmp_path / "hyp.txt")
-    assert (tmp_path / "ref.txt").read_text(encoding="utf8") == "Ref one .\nRef two .\n\nOnly ref .\n\n"
-    assert (tmp_path / "hyp.txt").read_text(encoding="utf8") == "Hyp one .\nHyp two .\n"
-    with pytest.raises(ValueError, match="1 hypotheses for 2 unique inputs"):
-        nlg.write_e2e_files(groups, hyps[:1], tmp_path / "r", tmp_path / "h")
-    with pytest.raises(ValueError, match="empty reference"):
-        nlg.write_e2e_files([("a", [" "])], ["x"], tmp_path / "r", tmp_path / "h")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hyp.txt", "ref.txt"]
-
-
-def test_write_multi_ref_files_pads_with_first_and_tokenises(tmp_path):
-    groups = [
-        nlg.InputGroup("x", ["Isn't it £20-25?", "Second."], "Artist", False),
-        nlg.InputGroup("y", [f"R{i}" for i in range(8)], "Food", True),
-    ]
-    out = nlg.write_multi_ref_files(groups, ["Hyp A's.", "HYP B"], tmp_path / "refs", n_refs=3)
-    read = [Path(p).read_text(encoding="utf8").splitlines() for p in out["references"]]
-    assert read == [["isn ' t it £ 20 - 25 ?", "r0"], ["second .", "r1"], ["isn ' t it £ 20 - 25 ?", "r2"]]
-    assert Path(out["hypothesis"]).read_text(encoding="utf8") == "hyp a ' s .\nhyp b\n"
-    assert out["reference_prefix"] == tmp_path / "refs" / "reference"
-    raw = nlg.write_multi_ref_files(groups[:1], ["H"], tmp_path / "raw", n_refs=2, tokenize=False, lower=False)
-    assert Path(raw["references"][0]).read_text(encoding="utf8") == "Isn't it £20-25?\n"
-    with pytest.raises(ValueError, match="2 hypotheses for 1 unique inputs"):
-        nlg.write_multi_ref_files(groups[:1], ["a", "b"], tmp_path / "x")

@@ -23,6 +23,7 @@ from lora_repro.methods import apply_method, lora, method_state_dict
 from lora_repro.methods.lora import LoRALinear
 from lora_repro.models import load_model
 from lora_repro.paths import REPO_ROOT
+from lora_repro.schemas import ConfigError
 from lora_repro.store import RunStore, new_record
 
 ATOL = 1e-5
@@ -215,13 +216,12 @@ def test_import_refuses_a_missing_folder_offline(tmp_path):
         load_adapter(tiny("gpt2").model, str(tmp_path / "empty"))
 
 
-def test_apply_is_a_method_registry_entry(tmp_path, monkeypatch):
-    """What the Hydra wiring adds (METHODS['peft_adapter'] = interop.peft.apply) gives a trainable suite run."""
+def test_method_peft_adapter_gives_a_trainable_suite_run(tmp_path):
+    """method=peft_adapter (conf/method/peft_adapter.yaml) applies the adapter; the head and LoRA train on."""
     from lora_repro import methods
-    from lora_repro.interop import peft as interop_peft
+    from lora_repro.config import group_option
 
     want = peft_saved("roberta", tmp_path / "a")
-    monkeypatch.setitem(methods.METHODS, "peft_adapter", interop_peft.apply)
     model = tiny("roberta").model
     handle = methods.apply_method(model, {"name": "peft_adapter", "path": str(tmp_path / "a"), "dropout": None})
     torch.testing.assert_close(logits(model), want, atol=ATOL, rtol=0)
@@ -231,5 +231,5 @@ def test_apply_is_a_method_registry_entry(tmp_path, monkeypatch):
     assert counts["trainable_params_with_head"] > lora_count  # the classifier trains on, as with method=lora
     model.train()(**batch(), labels=torch.tensor([0, 1])).loss.backward()  # and training on from it works
     assert all(p.grad is not None and p.grad.abs().max() > 0 for p in model.parameters() if p.requires_grad)
-    with pytest.raises(AdapterError, match=r"method\.path"):
-        interop_peft.apply(tiny("roberta").model, handle.spec, {"name": "peft_adapter"})
+    with pytest.raises(ConfigError, match=r"method\.path"):  # the preset's `path: ???` must be given
+        methods.apply_method(tiny("roberta").model, group_option("method", "peft_adapter"))

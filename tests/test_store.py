@@ -112,7 +112,7 @@ def test_bad_records_are_refused_with_the_reason(store_root):
     broken = {name: value for name, value in record.items() if name not in ("task", "params")}
     with pytest.raises(ValueError, match=r"missing fields \['task', 'params'\]"):
         store.RunStore().write(broken)
-    with pytest.raises(ValueError, match="key .* != run_key"):
+    with pytest.raises(ValueError, match=r"key .* != run_key"):
         store.RunStore().write({**record, "config": {**CONFIG, "seed": 5}})
     with pytest.raises(ValueError, match="status 'done'"):
         make_record(status="done")

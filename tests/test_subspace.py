@@ -20,10 +20,9 @@ from lora_repro.analysis.subspace import (
     right_basis,
     trained_factors,
 )
-from lora_repro.config import compose_config
+from lora_repro.config import compose_config, resolve
 from lora_repro.methods import method_state_dict
 from lora_repro.paths import REPO_ROOT
-from lora_repro.run import resolve
 
 
 def orthonormal_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 from lora_repro.analysis.report import write_sweep_report
 from lora_repro.analysis.sweep import SweepInputError, aggregate, load_sweep, swept_keys
-from lora_repro.config import compose_config
+from lora_repro.config import compose_config, resolve
 from lora_repro.paths import CACHE_ENV, REPO_ROOT
-from lora_repro.run import resolve, run
+from lora_repro.run import run
 from lora_repro.store import RunStore
 
 TINY = {"train.train_subset": 32, "train.eval_subset": 16, "train.max_length": 32, "train.batch_size": 8}

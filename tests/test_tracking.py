@@ -12,8 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 from wandb_records import logged_keys, wait_for_records
 
-from lora_repro.config import compose_config
-from lora_repro.run import resolve, run
+from lora_repro.config import compose_config, resolve
+from lora_repro.run import run
 from lora_repro.store import RunStore
 from lora_repro.tracking import log_report, log_result_files, run_name, swept_values
 

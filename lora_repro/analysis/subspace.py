@@ -110,21 +110,10 @@ def trained_factors(record: Mapping) -> Factors:
 
 
 def rebuild_model(config: Mapping):
-    """The run's model with its method applied, before training: the same seed, the same draws.
+    """The run's model with its method applied, before training: the same seed, the same draws."""
+    from lora_repro.run import build
 
-    The one place that knows how run.py builds a model (load_model, then apply_method, both after
-    seeding), so a rename there is fixed here alone.
-    """
-    from lora_repro.methods import apply_method
-    from lora_repro.models import load_model
-    from lora_repro.run import TASK_FAMILIES
-
-    family = TASK_FAMILIES[config["task"]["kind"]]
-    torch.manual_seed(int(config["seed"]))
-    loaded = load_model(dict(config["model"]), family.TASK_KIND, family.num_labels(config["task"]["name"]),
-                        seed=int(config["seed"]), head_dropout=config["train"].get("cls_dropout"))
-    apply_method(loaded.model, dict(config["method"]))
-    return loaded.model
+    return build(dict(config))[0].model
 
 
 def initial_factors(record: Mapping) -> Factors:

@@ -41,7 +41,7 @@ class Paired:
     @classmethod
     def of(cls, times: Sequence[float], reference: Sequence[float]) -> Paired:
         """Round i of `times` against round i of `reference` (the longer one's extra rounds are unpaired)."""
-        ratios = [a / b for a, b in zip(times, reference)]
+        ratios = [a / b for a, b in zip(times, reference, strict=False)]
         if not ratios:
             raise ValueError("no paired rounds to compare")
         low, high = median_ci(ratios)

@@ -40,6 +40,7 @@ from torch import nn
 
 from lora_repro.methods.lora import LoRALinear, lora_layers
 from lora_repro.models.arch import ArchSpec, is_head_param, replace_module, spec_for
+from lora_repro.schemas import PeftAdapterConfig
 
 PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the transformers model
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -105,9 +106,9 @@ def peft_config_for(model: nn.Module, updates: Mapping[str, FusedUpdate], base_n
     """The LoraConfig that makes PEFT build exactly the fused updates (ranks and alphas per module)."""
     spec = spec_for(model)
     first = next(iter(updates.values()))
-    dropouts = {getattr(b.dropout, "p", 0.0) for layer in lora_layers(model) for b in layer.branches.values()}
+    dropouts = {getattr(layer.dropout, "p", 0.0) for layer in lora_layers(model)}
     if len(dropouts) > 1:
-        raise AdapterError(f"LoRA branches use different dropouts {sorted(dropouts)}; PEFT holds one lora_dropout")
+        raise AdapterError(f"LoRA layers use different dropouts {sorted(dropouts)}; PEFT holds one lora_dropout")
     return LoraConfig(
         r=first.r,
         lora_alpha=first.alpha,
@@ -240,8 +241,6 @@ def load_adapter(model: nn.Module, source: str, dropout: float | None = None) ->
     return adapted
 
 
-def apply(model: nn.Module, spec: ArchSpec, cfg: Mapping) -> None:
-    """The method registry entry (method=peft_adapter): cfg['path'] a folder or hub id, cfg['dropout'] optional."""
-    if not cfg.get("path"):
-        raise AdapterError("method=peft_adapter needs method.path=<adapter folder or hub id>")
-    load_adapter(model, str(cfg["path"]), dropout=cfg.get("dropout"))
+def apply(model: nn.Module, spec: ArchSpec, cfg: PeftAdapterConfig) -> None:
+    """The method registry entry (method=peft_adapter): cfg.path a folder or hub id, cfg.dropout optional."""
+    load_adapter(model, cfg.path, dropout=cfg.dropout)

@@ -16,10 +16,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lora_repro.interop.peft import AdapterError, check_out_dir, export_adapter
-from lora_repro.methods import apply_method, load_method_state_dict
-from lora_repro.models import load_model
+from lora_repro.methods import load_method_state_dict
 from lora_repro.paths import REPO_ROOT
-from lora_repro.run import TASK_FAMILIES
+from lora_repro.run import build
 from lora_repro.store import RunStore, validate_record
 
 RUN_KEY_LENGTH = 16
@@ -69,11 +68,7 @@ def weights_file(record: dict[str, Any]) -> Path:
 
 def trained_model(record: dict[str, Any], weights: Path) -> nn.Module:
     """The run's model: base from its model config and seed, its LoRA applied, its saved weights loaded."""
-    cfg = record["config"]
-    family = TASK_FAMILIES[cfg["task"]["kind"]]
-    loaded = load_model(cfg["model"], family.TASK_KIND, family.num_labels(cfg["task"]["name"]), seed=int(cfg["seed"]),
-                        head_dropout=cfg["train"].get("cls_dropout"))
-    apply_method(loaded.model, cfg["method"])
+    loaded, _, _ = build(record["config"])
     load_method_state_dict(loaded.model, load_file(str(weights)))
     return loaded.model.eval()
 

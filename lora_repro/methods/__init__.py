@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lora_repro.interop import peft as peft_interop
 from lora_repro.methods import adapters, finetune, lora, prefix
 from lora_repro.models.arch import ArchSpec, is_head_param, spec_for
 from lora_repro.schemas import ConfigError, MethodConfig
@@ -36,6 +37,7 @@ METHODS: dict[str, tuple[str, Apply]] = {
     "adapter_p": ("adapter", adapters.apply),
     "adapter_d": ("adapter", adapters.apply),
     "lora": ("lora", lora.apply),
+    "peft_adapter": ("peft_adapter", peft_interop.apply),
 }
 
 

@@ -5,6 +5,11 @@ slices of the fused c_attn with separate rank-r blocks (PEFT adapts the whole fu
 one shared A, a different function class), because the paper's Gaussian init and per-target ranks
 must be explicit knobs, and because the layer is the object of study (merge, subspace analysis).
 PEFT stays the reference: tests check that this layer matches PEFT's outputs and gradients.
+
+LoRA dropout acts on the layer input, one mask per input for all of a layer's branches: on GPT-2's fused
+c_attn the q and v updates see the same dropped input, as loralib's MergedLinear (its one lora_dropout on
+the shared x). Before this, each branch drew its own mask; no committed record ran a fused projection with
+LoRA dropout (results/runs: GPT-2 records none, the rest single-branch layers, where nothing changes).
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ from lora_repro.schemas import LoRAConfig
 class LoRABranch(nn.Module):
     """The low-rank update B A of one weight: A (r, in) random, B (out, r) zero, so ΔW = 0 at start."""
 
-    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float,
-                 init: str, init_std: float):
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, init: str, init_std: float):
         super().__init__()
         if r < 1 or r > min(in_features, out_features):
             raise ValueError(
@@ -35,15 +39,15 @@ class LoRABranch(nn.Module):
         self.scaling = alpha / r
         self.lora_A = nn.Parameter(torch.empty(r, in_features))
         self.lora_B = nn.Parameter(torch.zeros(out_features, r))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if init == "kaiming":  # loralib and PEFT
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         else:  # the paper text: "random Gaussian"; std as the original GPT-2 code (0.02)
             nn.init.normal_(self.lora_A, std=init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The update for an input that LoRALinear has already passed through its dropout."""
         # scale the rank-r intermediate, not the (tokens x out) product: r/out of the elementwise work
-        return (self.dropout(x) @ self.lora_A.t() * self.scaling) @ self.lora_B.t()
+        return (x @ self.lora_A.t() * self.scaling) @ self.lora_B.t()
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW in (out, in) orientation."""
@@ -68,8 +72,9 @@ class LoRALinear(nn.Module):
         in_features, out_features = (base.weight.shape if self.conv1d else base.weight.shape[::-1])
         self.out_features = out_features
         self.slices = dict(slices)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # one mask for every branch
         self.branches = nn.ModuleDict({
-            (name or "all"): LoRABranch(in_features, stop - start, r[name], alpha, dropout, init, init_std)
+            (name or "all"): LoRABranch(in_features, stop - start, r[name], alpha, init, init_std)
             for name, (start, stop) in self.slices.items()
         })
         self.merged = False
@@ -87,8 +92,9 @@ class LoRALinear(nn.Module):
         out = self.base(x)
         if self.merged:
             return out
+        dropped = self.dropout(x)
         for branch, start, stop in self._spans():
-            delta = branch(x)
+            delta = branch(dropped)
             if stop - start == self.out_features:
                 out = out + delta
             else:

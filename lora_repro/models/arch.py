@@ -28,6 +28,9 @@ class ArchSpec:
     attn_out / ffn_out: the attention and MLP output projections (LoRA's o and mlp targets; adapters
         adapt their outputs).
     norms: the layer norms inside a block.
+    out_norm: post-LN blocks (BERT family) only: the LayerNorm that closes the FFN sublayer, LN(x + FFN(x)),
+        whose output is the block's output; None for pre-LN blocks (GPT-2, Llama), whose FFN sublayer ends
+        in the residual add (Pfeiffer's adapter reads that add & norm).
     embeddings: the token embedding module.
     head: top-level modules that make the task head (trained by every method, excluded from the
         paper's trainable-parameter count).
@@ -43,6 +46,8 @@ class ArchSpec:
     embeddings: str
     head: tuple[str, ...] = field(default=())
     fused_qkv: bool = False
+    conv1d: bool = False  # weights stored (in, out), transformers' Conv1D (GPT-2): the analysis and PEFT export read it
+    out_norm: str | None = None
 
 
 _BERT_BLOCK = dict(
@@ -56,6 +61,7 @@ _BERT_BLOCK = dict(
     attn_out="attention.output.dense",
     ffn_out="output.dense",
     norms=("attention.output.LayerNorm", "output.LayerNorm"),
+    out_norm="output.LayerNorm",
 )
 
 SPECS: dict[str, ArchSpec] = {
@@ -97,6 +103,7 @@ SPECS: dict[str, ArchSpec] = {
         ffn_out="mlp.c_proj",
         norms=("ln_1", "ln_2"),
         fused_qkv=True,
+        conv1d=True,
     ),
     "llama": ArchSpec(
         family="llama",

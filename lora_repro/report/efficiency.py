@@ -9,27 +9,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_repro.report.common import completed_records
+from lora_repro.report.common import column, completed_runs, write_table
 from lora_repro.store import RunStore
 
 MIB = 2**20
 
 
 def collect(experiment: str, store: RunStore | None = None, keys: set[str] | None = None) -> pd.DataFrame:
-    rows = []
-    for record in completed_records(experiment, store, keys):
-        memory, timing = record["memory"], record["timing"]
-        rows.append({
-            "method": record["method"], "task": record["task"],
-            "peak_mib": (memory.get("peak_gpu_allocated_bytes") or memory["peak_rss_bytes"]) / MIB,
-            "added_mib": (memory.get("peak_gpu_allocated_bytes")
-                          or memory["peak_rss_bytes"] - memory.get("rss_at_start_bytes", 0)) / MIB,
-            "state_mib": (memory["trainable_param_bytes"] + memory["grad_bytes"] + memory["optimizer_state_bytes"]) / MIB,
-            "samples_per_s": timing.get("train_samples_per_s"), "tokens_per_s": timing.get("train_tokens_per_s"),
-            "checkpoint_mib": (record["checkpoint"].get("bytes") or 0) / MIB,
-            "full_model_mib": 4 * record["params"]["total"] / MIB, "device": memory.get("device", "cpu"),
-        })
-    return pd.DataFrame(rows)
+    """One row per completed run: memory (CUDA peak allocated where there was one), throughput, checkpoint."""
+    runs = completed_runs(experiment, store, keys)
+    if runs.empty:
+        return runs
+    gpu_peak = pd.to_numeric(column(runs, "memory.peak_gpu_allocated_bytes")).where(lambda v: v > 0)
+    rss_at_start = pd.to_numeric(column(runs, "memory.rss_at_start_bytes")).fillna(0)
+    return pd.DataFrame({
+        "method": runs.method, "task": runs.task,
+        "peak_mib": gpu_peak.fillna(runs["memory.peak_rss_bytes"]) / MIB,
+        "added_mib": gpu_peak.fillna(runs["memory.peak_rss_bytes"] - rss_at_start) / MIB,
+        "state_mib": (runs["memory.trainable_param_bytes"] + runs["memory.grad_bytes"]
+                      + runs["memory.optimizer_state_bytes"]) / MIB,
+        "samples_per_s": column(runs, "timing.train_samples_per_s"),
+        "tokens_per_s": column(runs, "timing.train_tokens_per_s"),
+        "checkpoint_mib": pd.to_numeric(column(runs, "checkpoint.bytes")).fillna(0) / MIB,
+        "full_model_mib": 4 * runs["params.total"] / MIB,
+        "device": column(runs, "memory.device").fillna("cpu"),
+    })
 
 
 def write_efficiency_table(experiment: str, methods: list[str], out_dir: Path, store: RunStore | None = None,
@@ -37,8 +41,9 @@ def write_efficiency_table(experiment: str, methods: list[str], out_dir: Path, s
     runs = collect(experiment, store, keys)
     if runs.empty:
         raise ValueError(f"no completed runs for experiment {experiment!r}")
-    summary = runs.groupby("method")[["peak_mib", "added_mib", "state_mib", "samples_per_s", "tokens_per_s", "checkpoint_mib",
-                                      "full_model_mib"]].median().reindex([m for m in methods if m in set(runs.method)])
+    numbers = ["peak_mib", "added_mib", "state_mib", "samples_per_s", "tokens_per_s", "checkpoint_mib",
+               "full_model_mib"]
+    summary = runs.groupby("method")[numbers].median().reindex([m for m in methods if m in set(runs.method)])
     reference = summary.loc["full"] if "full" in summary.index else None
     lines = [
         f"# Training cost per method, {experiment}",
@@ -51,20 +56,17 @@ def write_efficiency_table(experiment: str, methods: list[str], out_dir: Path, s
         "(method weights + head, fp32) against the full model's fp32 size. Ratios are against full "
         "fine-tuning in the same protocol (— where it has no full row).",
         "",
-        "| method | peak MiB | added MiB | x full | weights+grads+Adam MiB | x full | train samples/s | x full | checkpoint MiB (full model) |",
+        "| method | peak MiB | added MiB | x full | weights+grads+Adam MiB | x full | train samples/s | x full "
+        "| checkpoint MiB (full model) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in summary.iterrows():
-        def ratio(column: str) -> str:
-            return "—" if reference is None else f"{row[column] / reference[column]:.2f}"
-
+        ratio = {name: "—" if reference is None else f"{row[name] / reference[name]:.2f}"
+                 for name in ("added_mib", "state_mib", "samples_per_s")}
         lines.append(
-            f"| {method} | {row.peak_mib:,.0f} | {row.added_mib:,.0f} | {ratio('added_mib')} | {row.state_mib:,.1f} "
-            f"| {ratio('state_mib')} "
-            f"| {row.samples_per_s:,.1f} | {ratio('samples_per_s')} | {row.checkpoint_mib:,.2f} ({row.full_model_mib:,.0f}) |"
+            f"| {method} | {row.peak_mib:,.0f} | {row.added_mib:,.0f} | {ratio['added_mib']} | {row.state_mib:,.1f} "
+            f"| {ratio['state_mib']} | {row.samples_per_s:,.1f} | {ratio['samples_per_s']} "
+            f"| {row.checkpoint_mib:,.2f} ({row.full_model_mib:,.0f}) |"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"efficiency_{experiment}"
-    summary.to_csv(stem.with_suffix(".csv"))
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_table(out_dir / f"efficiency_{experiment}", summary, "\n".join(lines) + "\n", index=True)
     return summary

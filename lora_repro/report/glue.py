@@ -9,14 +9,13 @@ MNLI trick) is marked with INIT_MARK and the caption names the source.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import pandas as pd
 
 from lora_repro.metrics.glue import headline
 from lora_repro.paths import REPO_ROOT
-from lora_repro.report.common import completed_records, record_times, wall_text
+from lora_repro.report.common import column, completed_runs, hardware_text, wall_text, write_table
 from lora_repro.store import RunStore
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "glue_table2.csv"
@@ -25,20 +24,13 @@ TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")
 
 
 def collect(experiment: str, store: RunStore | None = None, keys: set[str] | None = None) -> pd.DataFrame:
-    """One row per completed run: method, task, seed, headline score x 100, counts, wall time."""
-    rows = []
-    for record in completed_records(experiment, store, keys):
-        rows.append({
-            "method": record["method"], "task": record["task"], "seed": record["seed"],
-            "score": 100 * record["best"][headline(record["task"])],
-            "init_from": record["config"]["train"].get("init_from_task"),
-            "trainable": record["params"]["trainable"], "trainable_with_head": record["params"]["trainable_with_head"],
-            **record_times(record), "model": record["model"], "scale": record["scale"],
-            "peak_rss_bytes": record["memory"].get("peak_rss_bytes"),
-            "train_samples_per_s": record["timing"].get("train_samples_per_s"),
-            "checkpoint_bytes": record["checkpoint"].get("bytes"),
-        })
-    return pd.DataFrame(rows)
+    """One row per completed run: method, task, seed, headline score x 100, counts, wall time, hardware."""
+    runs = completed_runs(experiment, store, keys)
+    if runs.empty:
+        return runs
+    runs["score"] = runs.apply(lambda row: 100 * row[f"best.{headline(row.task)}"], axis=1)
+    runs["init_from"] = column(runs, "config.train.init_from_task")
+    return runs.rename(columns={"params.trainable": "trainable", "params.trainable_with_head": "trainable_with_head"})
 
 
 def summarise(runs: pd.DataFrame, methods: list[str], tasks: list[str]) -> pd.DataFrame:
@@ -119,10 +111,7 @@ def write_glue_table(experiment: str, methods: list[str], tasks: list[str], pape
         + init_text(summary, tasks)
         + wall_text(runs)
         + (f"; this call {wall_s / 60:.1f} min" if wall_s else "")
-        + f"; {platform.machine()}, {__import__('os').cpu_count()} cores. Regenerate: `make reproduce-glue`."
+        + f"; {hardware_text(runs)}. Regenerate: `make reproduce-glue`."
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"glue_{experiment}"
-    summary.to_csv(stem.with_suffix(".csv"), index=False)
-    stem.with_suffix(".md").write_text(to_markdown(summary, tasks, paper_protocol, caption))
+    write_table(out_dir / f"glue_{experiment}", summary, to_markdown(summary, tasks, paper_protocol, caption))
     return summary

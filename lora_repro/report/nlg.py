@@ -7,13 +7,12 @@ generations of the LoRA run so a reader sees what the numbers mean.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import pandas as pd
 
 from lora_repro.paths import REPO_ROOT
-from lora_repro.report.common import completed_records, record_times, wall_text
+from lora_repro.report.common import column, completed_runs, hardware_text, wall_text, write_table
 from lora_repro.store import RunStore
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "nlg_tables.csv"
@@ -27,14 +26,15 @@ SAMPLES_SHOWN = 3
 
 
 def collect(experiment: str, store: RunStore | None = None, keys: set[str] | None = None) -> pd.DataFrame:
-    rows = []
-    for record in completed_records(experiment, store, keys):
-        metrics = {k: v for k, v in record["best"].items() if isinstance(v, (int, float))}
-        rows.append({"method": record["method"], "task": record["task"], "seed": record["seed"], **metrics,
-                     "trainable": record["params"]["trainable"], "model": record["model"], "scale": record["scale"],
-                     **record_times(record), "samples": record["best"].get("samples", []),
-                     "decoded_inputs": record["best"].get("decoded_inputs")})
-    return pd.DataFrame(rows)
+    """One row per completed run: the numeric `best` metrics under their own names, samples, counts, wall time."""
+    runs = completed_runs(experiment, store, keys)
+    if runs.empty:
+        return runs
+    metrics = {name: name.removeprefix("best.") for name in runs.columns
+               if name.startswith("best.") and name.count(".") == 1 and pd.api.types.is_numeric_dtype(runs[name])}
+    runs = runs.rename(columns={**metrics, "params.trainable": "trainable", "best.decoded_inputs": "decoded_inputs"})
+    runs["samples"] = column(runs, "best.samples").map(lambda samples: samples if isinstance(samples, list) else [])
+    return runs
 
 
 def _fmt(values: pd.Series, factor: float) -> str:
@@ -48,7 +48,7 @@ def _fmt(values: pd.Series, factor: float) -> str:
 
 def write_nlg_table(experiment: str, dataset: str, methods: list[str], paper_model: str, notes: list[str],
                     out_dir: Path, wall_s: float | None = None, store: RunStore | None = None,
-                     keys: set[str] | None = None) -> pd.DataFrame:
+                    keys: set[str] | None = None) -> pd.DataFrame:
     """Write <out_dir>/<name>.md and .csv; `keys` restricts the table to one protocol's runs."""
     runs = collect(experiment, store, keys)
     if runs.empty:
@@ -83,7 +83,7 @@ def write_nlg_table(experiment: str, dataset: str, methods: list[str], paper_mod
         f"`params`: trainable parameters (ours exact; the paper's as printed). "
         + wall_text(runs)
         + (f", this call {wall_s / 60:.1f} min" if wall_s else "")
-        + f"; {platform.machine()}, {__import__('os').cpu_count()} cores.",
+        + f"; {hardware_text(runs)}.",
         "",
         *[f"- {note}" for note in notes],
         "",
@@ -93,9 +93,7 @@ def write_nlg_table(experiment: str, dataset: str, methods: list[str], paper_mod
     if len(samples) and samples.iloc[0]:
         tail = ["", "Sample generations (LoRA, seed 0):", ""]
         for sample in samples.iloc[0][:SAMPLES_SHOWN]:
-            tail += [f"- input: `{sample['input']}`", f"  - ours: {sample['output']}", f"  - reference: {sample['reference']}"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{dataset}_{experiment}"
-    pd.DataFrame(summary).to_csv(stem.with_suffix(".csv"), index=False)
-    stem.with_suffix(".md").write_text("\n".join(caption + lines + tail) + "\n")
+            tail += [f"- input: `{sample['input']}`", f"  - ours: {sample['output']}",
+                     f"  - reference: {sample['reference']}"]
+    write_table(out_dir / f"{dataset}_{experiment}", pd.DataFrame(summary), "\n".join(caption + lines + tail) + "\n")
     return pd.DataFrame(summary)

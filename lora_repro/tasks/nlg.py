@@ -9,32 +9,29 @@ each unique input once gives the same hypotheses at a fraction of the cost (E2E:
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lora_repro.config import method_label
 from lora_repro.data.nlg import (
     Collator,
     InputGroup,
-    clean_hypothesis,
     encode_prompts,
     encode_split,
     filter_groups,
     group_examples,
     load_examples,
+    make_loader,
     pad_id_for,
     select_groups,
-    write_e2e_files,
-    write_multi_ref_files,
 )
 from lora_repro.methods import MethodHandle
 from lora_repro.metrics.e2e import score_e2e
+from lora_repro.metrics.files import clean_hypothesis, write_e2e_files, write_multi_ref_files
 from lora_repro.metrics.webnlg import score_generation
 from lora_repro.paths import cache_dir
 from lora_repro.store import run_key
@@ -49,27 +46,6 @@ SAMPLES_KEPT = 5
 
 def num_labels(task: str) -> None:
     return None
-
-
-class ReshufflingLoader:
-    """A DataLoader whose shuffle is seeded per epoch, so every epoch's order follows from the seed."""
-
-    def __init__(self, features: list[dict], batch_size: int, collate: Collator, seed: int):
-        self.features, self.batch_size, self.collate, self.seed, self.epoch = features, batch_size, collate, seed, 0
-
-    def __len__(self) -> int:
-        return -(-len(self.features) // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """The next pass uses `epoch`'s order (a resumed run replays its epoch; see train.epoch_batches)."""
-        self.epoch = epoch
-
-    def __iter__(self):
-        order = list(range(len(self.features)))
-        random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
-        self.epoch += 1
-        for start in range(0, len(order), self.batch_size):
-            yield self.collate([self.features[i] for i in order[start:start + self.batch_size]])
 
 
 @torch.inference_mode()
@@ -133,8 +109,10 @@ def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) ->
     valid = encode_split(tokenizer, dataset, task["eval_split"], max_length, train_cfg["eval_subset"],
                          int(train_cfg["subset_seed"]), root)
     collate = Collator(tokenizer)
-    loader = ReshufflingLoader(train, int(train_cfg["batch_size"]), collate, int(cfg["seed"]))
-    valid_loader = DataLoader(valid, batch_size=int(train_cfg["eval_batch_size"]), collate_fn=collate)
+    group = bool(train_cfg["group_by_length"])
+    loader = make_loader(train, int(train_cfg["batch_size"]), collate, shuffle=True, seed=int(cfg["seed"]),
+                         group_by_length=group)
+    valid_loader = make_loader(valid, int(train_cfg["eval_batch_size"]), collate, group_by_length=group)
 
     @torch.inference_mode()
     def evaluate(model: nn.Module) -> dict[str, float]:
