@@ -43,7 +43,7 @@ test-fast: $(STAMP)  ## tests without the slow marker
 params: $(STAMP)  ## trainable-parameter table for the paper's configurations -> results/params/
 	$(PYTHON) -m experiments.params
 
-reproduce-glue: $(STAMP)  ## GLUE table (SCALE=cpu|smoke|paper, PROTOCOL=roberta_base_lora|..., SEEDS=5, ARGS=overrides)
+reproduce-glue: $(STAMP)  ## GLUE table (SCALE=cpu|smoke|paper, PROTOCOL=roberta_base_lora|..., SEEDS=5, ARGS=overrides, LAUNCHER=submitit_slurm_sweep)
 reproduce-e2e: $(STAMP)  ## E2E table (SCALE=cpu|smoke|paper, PROTOCOL=gpt2_medium for paper)
 reproduce-webnlg: $(STAMP)  ## WebNLG table (as reproduce-e2e)
 reproduce-dart: $(STAMP)  ## DART table (as reproduce-e2e)

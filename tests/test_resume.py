@@ -64,6 +64,29 @@ def test_a_run_stopped_mid_training_resumes_to_identical_epochs(store_root, tmp_
     assert not saved.exists()
 
 
+@pytest.mark.slow
+def test_an_nlg_run_resumes_to_identical_epochs_and_test_scores(store_root, tmp_path, cache, monkeypatch):
+    """The causal LM loss, the NLG loader's own shuffle stream and the test decode after a resume."""
+    cfg = resolve_overrides(["+experiment=e2e_smoke", "method=lora", "train.epochs=2", "train.num_threads=1",
+                             "train.max_length=256", "train.checkpoint_every=5", "experiment_name=resume"])
+    reference = run(cfg, RunStore(tmp_path / "reference"))
+    original = Stepper.step
+
+    def crashing(self, state, batch):
+        original(self, state, batch)
+        if state.step == 13:  # 8 steps an epoch: saved at 10, mid-epoch 2
+            raise Stop
+
+    monkeypatch.setattr(Stepper, "step", crashing)
+    with pytest.raises(Stop):
+        run(cfg, RunStore(store_root))
+    monkeypatch.setattr(Stepper, "step", original)
+    resumed = run(cfg, RunStore(store_root))
+    assert resumed["epochs"] == reference["epochs"] and resumed["timing"]["resumed_at_steps"] == [10]
+    assert {k: v for k, v in resumed["best"].items() if k != "generations_dir"} == \
+        {k: v for k, v in reference["best"].items() if k != "generations_dir"}
+
+
 def test_the_checkpoint_interval_is_not_part_of_the_run_key():
     keys = {run_key(resolve_overrides([*COMMON, *extra])) for extra in ([], ["train.checkpoint_every=5"])}
     assert len(keys) == 1
