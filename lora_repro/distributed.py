@@ -116,6 +116,13 @@ def shard(batch: dict) -> tuple[dict, float]:
     return part, weight
 
 
+def wait_for_rank_zero() -> None:
+    """Hold every rank until rank 0 has written (a record, weights): the next run of a protocol may
+    start from those weights (`train.init_from_task`) or skip on that record, on every rank alike."""
+    if world_size() > 1 and dist.is_initialized():
+        dist.barrier()
+
+
 def global_mean(value: torch.Tensor) -> torch.Tensor:
     """The mean over ranks of a per-rank tensor (a weighted loss sum: the single-process loss sum)."""
     if world_size() == 1:

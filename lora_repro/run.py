@@ -16,7 +16,7 @@ import torch
 
 from lora_repro import checkpoints
 from lora_repro.config import ConfigError, device_for, method_label
-from lora_repro.distributed import is_rank_zero, setup
+from lora_repro.distributed import is_rank_zero, setup, wait_for_rank_zero
 from lora_repro.methods import MethodHandle, apply_method, count_params, load_method_state_dict
 from lora_repro.models import LoadedModel, load_model
 from lora_repro.resume import Checkpointer, resume_path
@@ -94,5 +94,6 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
         store.write(record, force=bool(cfg["force"]))
         checkpointer.discard()
         tracker.log_record(record)
+    wait_for_rank_zero()
     tracker.finish()
     return record
