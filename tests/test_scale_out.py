@@ -79,9 +79,9 @@ DDP_RUN = ["task=stsb", "model=tiny_llama", "method=lora", "train.lr=1e-2", "tra
            "train.save_weights=true", "train.num_threads=1", "experiment_name=ddp"]
 DDP_TOLERANCE = 1e-5  # absolute, on every epoch metric and every trained weight (measured: 5e-7, 9e-8)
 LAUNCHERS = {
-    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "experiments.run"],
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
     "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1",
-                   "--mixed_precision=no", "--dynamo_backend=no", "-m", "experiments.run"],
+                   "--mixed_precision=no", "--dynamo_backend=no"],
 }
 
 
@@ -98,7 +98,8 @@ def test_two_processes_match_one_with_the_same_global_batch(launcher, tmp_path, 
     single = run(resolve_overrides(DDP_RUN), RunStore(tmp_path / "one"))
     single_weights = load_file(REPO_ROOT / single["checkpoint"]["path"])
     env = {**os.environ, "LORA_REPRO_RESULTS": str(tmp_path / "two"), CACHE_ENV: str(tmp_path / "two")}
-    done = subprocess.run([sys.executable, *LAUNCHERS[launcher], *DDP_RUN, f"hydra.run.dir={tmp_path / 'out'}"],
+    done = subprocess.run([sys.executable, *LAUNCHERS[launcher], "-m", "experiments.run", *DDP_RUN,
+                           f"hydra.run.dir={tmp_path / 'out'}"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
     assert done.returncode == 0, done.stderr[-3000:]
     two = RunStore(tmp_path / "two").read("ddp", run_key(resolve_overrides(DDP_RUN)))
@@ -159,4 +160,19 @@ def test_make_reproduce_runs_its_shards_on_a_hydra_launcher_by_one_override(tmp_
     expected = {run_key(c) for c in plan_runs(["+experiment=glue_smoke"], ["full", "lora"], ["sst2", "stsb"], [0])}
     assert {r["key"] for r in RunStore(tmp_path / "results").records("glue_smoke")} == expected
     assert len(list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))) == 2  # one job per shard
+    assert (tmp_path / "results" / "tables" / "glue_glue_smoke.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_protocol_under_torchrun_runs_init_chains_and_writes_once(tmp_path):
+    from lora_repro.store import RunStore
+
+    command = [sys.executable, *LAUNCHERS["torchrun"], "-m", "experiments.reproduce", "+experiment=glue_smoke",
+               "model=tiny_llama"]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=submitit_env(tmp_path), capture_output=True, text=True,
+                          timeout=DEADLINE_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = {(r["task"], r["method"]): r for r in RunStore(tmp_path / "results").records("glue_smoke")}
+    assert sorted(records) == [("sst2", "full"), ("sst2", "lora"), ("stsb", "full"), ("stsb", "lora")]
+    assert records["stsb", "lora"]["key"] in records["sst2", "lora"]["checkpoint"]["init_from"]
     assert (tmp_path / "results" / "tables" / "glue_glue_smoke.md").is_file()
