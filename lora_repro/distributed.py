@@ -60,6 +60,9 @@ def setup(device: torch.device) -> torch.device:
         if os.environ.get(name, "").lower() == "true":
             raise ConfigError(f"{name}=true (accelerate config): this suite trains data-parallel (DDP) only; "
                               "use conf/accelerate/multi_gpu.yaml or torchrun (see README, Scaling out)")
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
+        raise ConfigError("SLURM started several tasks for this run but no launcher set RANK: each would train it "
+                          "alone; use hydra.launcher.tasks_per_node=1, or srun torchrun for several GPUs per run")
     if world_size() == 1:
         return device
     if device.type == "cuda":

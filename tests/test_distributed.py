@@ -56,3 +56,10 @@ def test_an_accelerate_config_asking_for_model_sharding_is_refused_not_ignored(m
     monkeypatch.setenv(engine, "true")
     with pytest.raises(distributed.ConfigError, match=f"{engine}=true.*data-parallel"):
         distributed.setup(torch.device("cpu"))
+
+
+def test_several_slurm_tasks_without_a_launcher_are_refused(monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(distributed.ConfigError, match="tasks_per_node=1"):
+        distributed.setup(torch.device("cpu"))
