@@ -17,7 +17,7 @@ SEED_ARG   = $(if $(SEEDS),--seeds $(SEEDS),)
 # conf/experiment/<dataset>_<scale>[_<protocol>].yaml, e.g. glue_cpu, glue_paper_roberta_base_lora
 experiment = $(1)_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
 
-.PHONY: help install lint test test-fast params latency bench-peer gpu-check clean sweep-rank sweep-targets sweep-budget  # reproduce-%, table-% and table-sweep-% are pattern rules
+.PHONY: help install lint test test-fast params latency bench-peer gpu-check clean sweep-rank sweep-targets sweep-budget notebooks  # reproduce-%, table-% and table-sweep-% are pattern rules
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -89,12 +89,12 @@ REPORT_ARGS ?=
 launch = hydra/launcher=$(LAUNCHER) $(if $(filter joblib%,$(LAUNCHER)),hydra.launcher.n_jobs=$(1),) $(LAUNCH_ARGS)
 multirun = $(PYTHON) -m experiments.run -m +experiment=$(1) $(call launch,$(2)) $(ARGS)
 
-sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs) and E2E (9 runs, one job of 2 threads), then reports
+sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs) and E2E (6 runs, one job of 2 threads), then reports
 	$(call multirun,sweep_rank_glue,$(JOBS))
 	$(call multirun,sweep_rank_e2e,1)
 	$(MAKE) --no-print-directory table-sweep-rank_glue table-sweep-rank_e2e
 
-sweep-targets: $(STAMP)  ## weight types at a fixed budget (21 runs), then the report
+sweep-targets: $(STAMP)  ## weight types at a fixed budget (14 runs), then the report
 	$(call multirun,sweep_targets_glue,$(JOBS))
 	$(MAKE) --no-print-directory table-sweep-targets_glue
 
@@ -104,6 +104,10 @@ sweep-budget: $(STAMP)  ## every method at several sizes (14 runs), then the rep
 
 table-sweep-%: $(STAMP)  ## a sweep's report from the store, trains nothing (table-sweep-rank_glue, ...; REPORT_ARGS=--wandb)
 	$(PYTHON) -m experiments.sweep_report --experiment sweep_$* $(REPORT_ARGS)
+
+NOTEBOOKS ?=
+notebooks: $(STAMP)  ## re-execute notebooks/*.ipynb in place from the store, outputs saved (NOTEBOOKS=sweeps for one)
+	$(PYTHON) -m lora_repro.analysis.notebooks $(NOTEBOOKS)
 
 clean:  ## remove caches (not the results store)
 	rm -rf .cache outputs multirun .pytest_cache

@@ -1,6 +1,6 @@
 """`make latency`: time one forward pass of GPT-2 medium per method over batch x seq (Table 1, Fig. 5).
 
-    python -m experiments.latency [--grid cpu|paper|smoke] [--device cpu|cuda|auto] [--force]
+    python -m experiments.latency [--grid cpu|paper|smoke] [--device cpu|cuda|auto] [--force] [--wandb]
     python -m experiments.latency --thread-noise 1 2     # which CPU thread count times quietest
 
 Grids live in conf/bench/latency_<grid>.yaml (cpu: small, ~35 min on 2 cores; paper: the paper's
@@ -25,6 +25,7 @@ from lora_repro.config import group_option
 from lora_repro.paths import results_dir
 from lora_repro.report.latency import write_latency_report
 from lora_repro.store import RunStore
+from lora_repro.tracking import add_report_arguments, log_result_files, report_logger
 
 log = logging.getLogger("latency")
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thread-noise", type=int, nargs="+", metavar="N", default=None,
                         help="instead of the grid: compare the pass noise at these CPU thread counts (batch 1 x "
                         "seq 128, --trials rounds, default 24) to choose the grid's num_threads")
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
                                          command, store)
     print(md.read_text())
     log.info("wrote %s and %s", md, figure)
+    if args.wandb:
+        log_result_files(experiment, [md.with_suffix(".csv"), figure], report_logger(args))
 
 
 if __name__ == "__main__":

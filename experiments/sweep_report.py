@@ -11,6 +11,7 @@ import logging
 
 from lora_repro.analysis.report import write_sweep_report
 from lora_repro.config import compose_config
+from lora_repro.tracking import add_report_arguments, report_logger
 
 
 def main() -> None:
@@ -18,15 +19,13 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides naming the sweep (+experiment=sweep_rank_glue)")
     parser.add_argument("--experiment", help="the experiment (store folder) name, instead of +experiment=...")
     parser.add_argument("--metric", help="record column to report (default: the task's headline, BLEU for NLG)")
-    parser.add_argument("--wandb", action="store_true", help="log tables and figures to the group's wandb report run")
-    parser.add_argument("--wandb-dir", default=None, help="where wandb writes its (offline) run")
+    add_report_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not args.experiment and not args.overrides:
         parser.error("name the sweep: --experiment NAME or +experiment=sweep_rank_glue")
     name = args.experiment or compose_config(args.overrides).experiment_name
-    logger = {"dir": args.wandb_dir} if args.wandb else None
-    for kind, path in write_sweep_report(name, metric=args.metric, wandb_logger=logger).items():
+    for kind, path in write_sweep_report(name, metric=args.metric, wandb_logger=report_logger(args)).items():
         print(f"{kind}: {path}")
 
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_repro import schemas
 from lora_repro.paths import REPO_ROOT
+from lora_repro.provenance import STALE_CHOICES
 from lora_repro.schemas import ConfigError
 from lora_repro.store import run_key
 
@@ -136,6 +137,9 @@ def method_config(method: dict) -> schemas.MethodConfig:
 def validate(cfg: dict) -> None:
     """Type and range checks of every group (schemas.py), then what needs the machine: the device."""
     kind = cfg["task"].get("kind")
+    if cfg.get("stale", "keep") not in STALE_CHOICES:
+        raise ConfigError(f"stale={cfg['stale']!r}: use one of {', '.join(STALE_CHOICES)} (what to do with a stored "
+                          "run made by other code)")
     if kind not in TASK_KINDS:
         raise ConfigError(f"task.kind={kind!r} has no runner; known: {TASK_KINDS}")
     train = schemas.typed(schemas.TrainConfig, cfg["train"], "train")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -53,9 +54,15 @@ def plan_runs(overrides: Sequence[str], methods: Sequence[str], tasks: Sequence[
     return plan
 
 
+def protocol_keys(overrides: Sequence[str], protocol: dict, seeds: Sequence[int]) -> set[str]:
+    """The record keys of a protocol's current runs: its tables (and the notebooks) show these runs only."""
+    return {run_key(c) for c in plan_runs(overrides, protocol["methods"], protocol["tasks"], seeds)}
+
+
 def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[int, int] = (0, 1),
-              table_only: bool = False) -> None:
-    """Run a protocol's missing runs (this shard's methods), then write its tables (unsharded calls only)."""
+              table_only: bool = False) -> list[Path]:
+    """Run a protocol's missing runs (this shard's methods), then write its tables (unsharded calls only);
+    returns the tables' CSV files (none from a shard)."""
     base = compose_config(overrides)
     protocol = OmegaConf.to_container(base.protocol, resolve=True)
     seed_list = list(range(seeds)) if seeds else protocol["seeds"]
@@ -70,18 +77,22 @@ def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[i
             run(cfg, init_key=keys.get(source))  # a source outside the plan: the store's latest match
     if count == 1 and is_rank_zero():  # under torchrun every rank runs the plan; one writes the tables
         wall_s = None if table_only else time.perf_counter() - started
-        keys = {run_key(c) for c in plan_runs(overrides, protocol["methods"], protocol["tasks"], seed_list)}
-        write_tables(base, protocol, keys, wall_s)
+        return write_tables(base, protocol, protocol_keys(overrides, protocol, seed_list), wall_s)
+    return []
 
 
-def write_tables(base, protocol: dict, keys: set[str], wall_s: float | None) -> None:
-    """The protocol's tables (GLUE + efficiency, or NLG) from this protocol's records (`keys`) only."""
+def write_tables(base, protocol: dict, keys: set[str], wall_s: float | None) -> list[Path]:
+    """The protocol's tables (GLUE + efficiency, or NLG) from this protocol's records (`keys`) only;
+    returns their CSV files."""
     out = results_dir() / "tables"
+    name = base.experiment_name
     if base.task.kind == "glue":
-        write_glue_table(base.experiment_name, protocol["methods"], protocol["tasks"], base.paper_protocol, out,
-                         wall_s, keys=keys)
-        write_efficiency_table(base.experiment_name, protocol["methods"], out, keys=keys)
+        write_glue_table(name, protocol["methods"], protocol["tasks"], base.paper_protocol, out, wall_s, keys=keys)
+        write_efficiency_table(name, protocol["methods"], out, keys=keys)
+        written = [out / f"glue_{name}.csv", out / f"efficiency_{name}.csv"]
     else:
-        write_nlg_table(base.experiment_name, base.task.dataset, protocol["methods"], base.paper_protocol,
+        write_nlg_table(name, base.task.dataset, protocol["methods"], base.paper_protocol,
                         protocol.get("notes", []), out, wall_s, keys=keys)
-    log.info("wrote the table for %s under %s", base.experiment_name, out)
+        written = [out / f"{base.task.dataset}_{name}.csv"]
+    log.info("wrote the table for %s under %s", name, out)
+    return written

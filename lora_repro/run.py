@@ -1,5 +1,6 @@
-"""One run, config to record: skip it if the store has it, build the model, apply the method, start
-from a source run's weights if asked, train, save the method-only weights, write one record.
+"""One run, config to record: skip it if the store has it (made from the same data: `reusable`), build the
+model, apply the method, start from a source run's weights if asked, train, save the method-only weights,
+write one record.
 
 The config comes resolved and validated (`config.resolve`); side effects (weights, record, wandb,
 resume state, the NLG test decode) happen only on the process that owns the run (rank 0 under
@@ -14,11 +15,13 @@ import time
 
 import torch
 
-from lora_repro import checkpoints
+from lora_repro import checkpoints, provenance
 from lora_repro.config import ConfigError, device_for, method_label
 from lora_repro.distributed import is_rank_zero, setup, wait_for_rank_zero
+from lora_repro.io import clean_stale_temps
 from lora_repro.methods import MethodHandle, apply_method, count_params, load_method_state_dict
 from lora_repro.models import LoadedModel, load_model
+from lora_repro.paths import cache_dir, data_root
 from lora_repro.resume import Checkpointer, resume_path
 from lora_repro.store import RunStore, new_record, run_key
 from lora_repro.tasks import family
@@ -44,6 +47,41 @@ def build(cfg: dict) -> tuple[LoadedModel, MethodHandle, TaskFamily]:
     return loaded, apply_method(loaded.model, cfg["method"]), tasks
 
 
+class DataMismatchError(ConfigError):
+    """A stored run was made from other data than this run would read; the message names both."""
+
+
+def data_fingerprint(cfg: dict, tasks: TaskFamily) -> dict:
+    """The record's `data` field for this config: the data root, the files the task reads, the subset."""
+    root = data_root(cfg["data_root"]) if cfg["data_source"] == "local" else None
+    subset = {name: cfg["train"][name] for name in ("train_subset", "eval_subset", "subset_seed")}
+    return provenance.data_fingerprint(root, cfg["data_source"], tasks.data_files(cfg), subset)
+
+
+def reusable(stored: dict, data: dict, cfg: dict, where: str) -> bool:
+    """Whether the stored record stands for this run (skip it) or it runs again (`stale=rerun`, other code).
+
+    Other data never returns the stored metrics: it stops here, naming both fingerprints and the fix.
+    A record without a data or code fingerprint (made before they existed) counts as unknown.
+    """
+    made_from = stored.get("data")
+    if made_from is None:
+        log.warning("%s was made before records named their data (data unknown); reusing it", where)
+    elif made_from["sha256"] != data["sha256"]:
+        raise DataMismatchError(
+            f"{where} was made from data {made_from['sha256']} (root {made_from['root']}) but this run reads "
+            f"{data['sha256']} (root {data['root']}): {provenance.data_difference(made_from, data)}. Fix: point "
+            "data_root/$LORA_REPRO_DATA at the data the record used, or rerun with force=true to replace it")
+    if not provenance.is_stale(stored):
+        return True
+    code = f"code {provenance.record_code(stored)}, this checkout {provenance.code_fingerprint()}"
+    if cfg.get("stale", "keep") == "rerun":
+        log.info("rerun: %s was made by other code (%s; stale=rerun)", where, code)
+        return False
+    log.warning("%s was made by other code (%s); reusing it (stale=rerun retrains it)", where, code)
+    return True
+
+
 def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -> dict:
     """Run one resolved config and return its record (the stored one if it already ran).
 
@@ -52,17 +90,25 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     """
     store = store or RunStore()
     key, experiment = run_key(cfg), cfg["experiment_name"]
-    if store.exists(experiment, key) and not cfg["force"]:
-        log.info("skip: %s/%s already in the store (force=true to rerun)", experiment, key)
-        if is_rank_zero():  # killed between writing the record and deleting its resume state
-            resume_path(experiment, key).unlink(missing_ok=True)
-        return store.read(experiment, key)
+    for folder in (checkpoints.weights_path(experiment, key).parent, cache_dir() / cfg["task"]["kind"]):
+        clean_stale_temps(folder)  # what killed writes of weights and tokenised data left (the store's: RunStore)
+    tasks = family(cfg["task"]["kind"])
+    inputs = data_fingerprint(cfg, tasks)  # before the store: a missing data root stops here, not at old metrics
+    replace = bool(cfg["force"])
+    if store.exists(experiment, key) and not replace:
+        stored = store.read(experiment, key)
+        if reusable(stored, inputs, cfg, f"{experiment}/{key}"):
+            log.info("skip: %s/%s already in the store (force=true to rerun)", experiment, key)
+            if is_rank_zero():  # killed between writing the record and deleting its resume state
+                resume_path(experiment, key).unlink(missing_ok=True)
+            return stored
+        replace = True
     train_cfg, task_cfg = train_config(cfg["train"]), cfg["task"]
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     device = setup(device_for(train_cfg.device))
     started = time.perf_counter()
-    loaded, handle, tasks = build(cfg)
+    loaded, handle, _ = build(cfg)
     model = loaded.model
     init_path = checkpoints.init_from_task(model, cfg, store, init_key) if train_cfg.init_from_task else None
     model.to(device)
@@ -88,10 +134,10 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
         seed=int(cfg["seed"]), scale=cfg["scale"], epochs=state.history, best=best, best_epoch=state.best_epoch,
         params={"trainable": params["trainable_params"], "trainable_with_head": params["trainable_params_with_head"],
                 "total": params["total_params"]},
-        timing=measured["timing"], memory=measured["memory"], checkpoint=checkpoint, status="completed",
+        timing=measured["timing"], memory=measured["memory"], checkpoint=checkpoint, status="completed", data=inputs,
     )
     if is_rank_zero():
-        store.write(record, force=bool(cfg["force"]))
+        store.write(record, force=replace)
         checkpointer.discard()
         tracker.log_record(record)
     wait_for_rank_zero()

@@ -28,12 +28,42 @@ params              dict         ``trainable`` (excluding the task head: the pap
                                  ``trainable_with_head``, ``total``; ints or null
 timing              dict         seconds and rates, e.g. ``train_s``, ``samples_per_s``
 memory              dict         peak memory in bytes, e.g. ``peak_gpu_bytes``
-checkpoint          dict         where the method-only weights are and their size,
-                                 e.g. ``{"path": ..., "bytes": ...}``
-env                 dict         ``env_info()``: ``git_commit``, ``git_dirty``, ``packages``,
-                                 ``hardware``
+checkpoint          dict         where the method-only weights are, their size and (since
+                                 the checksum) sha256, e.g. ``{"path": ..., "bytes": ...}``
+env                 dict         ``env_info()``: ``git_commit``, ``git_dirty``, ``code``
+                                 (since the fingerprint), ``packages``, ``hardware``
 status              str          ``completed`` | ``failed``
 ==================  ===========  ==========================================================
+
+Optional fields (records written before they existed stay valid without them):
+
+==================  ===========  ==========================================================
+data                dict         ``provenance.data_fingerprint``: the data root, source, each
+                                 file read (path under the root, bytes, sha256), the subset,
+                                 and ``sha256`` over them all (16 hex)
+previous_keys       list[str]    keys this record was stored under before a migration
+                                 (``lora_repro/migrations``); ``RunStore.exists``/``read``
+                                 find the record by them too
+==================  ===========  ==========================================================
+
+``env.code`` (``provenance.code_fingerprint``) names the code that made a record; ``checkpoint.sha256``
+the saved weights' bytes, which ``checkpoints.load_verified`` checks on every load. Records are written
+0644, and the temporary files of interrupted writes are removed when a store opens
+(``io.clean_stale_temps``).
+
+What a key does not cover, and how the store stays honest about it (``lora_repro.provenance``):
+
+- *Data.* The key is the config's alone, so the committed records keep their keys; the record's
+  ``data`` fingerprint is compared when a run would be skipped. A mismatch (a file cut short, another
+  or an empty data root) never returns the stored metrics: the run stops with one line naming both
+  fingerprints and the fix, or, with ``force=true``, retrains and replaces the record. A missing data
+  root fails before the store is consulted. Records written before data fingerprints (every committed
+  one) have ``data`` *unknown*: they are still reused, with a warning that says so. They were not
+  back-filled from today's files: nothing here can prove today's files are the bytes those runs read
+  (the shared data root was staged again after every committed run, so file times cannot tell either).
+- *Code.* A record whose ``env.code`` differs from this checkout's, or that has none ("code unknown":
+  every record made before the field), is *stale*: ``stale=keep`` (the default) reuses it and the
+  tables add a caption line counting such runs; ``stale=rerun`` retrains and replaces them.
 
 Metric values are fractions as ``lora_repro.metrics`` returns them; NaN (e.g. a Pearson
 correlation of constant predictions) is written as JSON ``NaN``, which Python and pandas read.
@@ -45,26 +75,22 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import re
-import subprocess
-import sys
-import tempfile
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from lora_repro.paths import REPO_ROOT, results_dir
+from lora_repro.io import clean_stale_temps, make_temp_beside
+from lora_repro.paths import results_dir
+from lora_repro.provenance import env_info
 
 SCHEMA_VERSION = 1
-# Config keys that do not change what a run computes (where it logs, whether to overwrite,
-# Hydra's own bookkeeping, where outputs go), so they must not change its key.
-IGNORED_CONFIG_KEYS = ("logger", "force", "hydra", "output_dir")
+# Config keys that do not change what a run computes (where it logs, whether to overwrite, whether
+# to rerun stale records, Hydra's own bookkeeping, where outputs go), so they must not change its key.
+IGNORED_CONFIG_KEYS = ("logger", "force", "stale", "hydra", "output_dir")
 STATUSES = ("completed", "failed")
-PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "scikit-learn", "numpy")
 
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "schema_version": int,
@@ -87,6 +113,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "env": dict,
     "status": str,
 }
+_OPTIONAL_FIELD_TYPES: dict[str, type] = {"data": dict, "previous_keys": list}
 _PARAM_FIELDS = ("trainable", "trainable_with_head", "total")
 # What each adapter preset ran before `placement` existed (the suite's first Lin and Pfeiffer wrapped the FFN output
 # projection). The published sites came later (ffn_add_norm, block_out): configs holding them hash their placement.
@@ -183,8 +210,10 @@ def new_record(
     checkpoint: dict[str, Any],
     status: str,
     env: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A validated record with ``schema_version``, ``key``, ``created_at`` and ``env`` filled in."""
+    """A validated record with ``schema_version``, ``key``, ``created_at`` and ``env`` filled in
+    (``data``: the run's data fingerprint, left out when None)."""
     record = {
         "schema_version": SCHEMA_VERSION,
         "key": run_key(config),
@@ -205,6 +234,7 @@ def new_record(
         "checkpoint": checkpoint,
         "env": env_info() if env is None else env,
         "status": status,
+        **({} if data is None else {"data": data}),
     }
     validate_record(record)
     return record
@@ -218,7 +248,7 @@ def validate_record(record: Any, origin: str = "record") -> None:
     missing = [name for name in _FIELD_TYPES if name not in record]
     if missing:
         problems.append(f"missing fields {missing}")
-    for name, expected in _FIELD_TYPES.items():
+    for name, expected in {**_FIELD_TYPES, **_OPTIONAL_FIELD_TYPES}.items():
         if name in record and not isinstance(record[name], expected):
             problems.append(f"{name} has type {type(record[name]).__name__}")
     if record.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
@@ -227,6 +257,10 @@ def validate_record(record: Any, origin: str = "record") -> None:
         )
     if isinstance(record.get("key"), str) and not _KEY_PATTERN.fullmatch(record["key"]):
         problems.append(f"key {record['key']!r} is not 16 lowercase hex chars")
+    if isinstance(record.get("previous_keys"), list) and not all(
+        isinstance(key, str) and _KEY_PATTERN.fullmatch(key) for key in record["previous_keys"]
+    ):
+        problems.append("previous_keys holds a value that is not a 16-hex key")
     if isinstance(record.get("experiment"), str) and not _NAME_PATTERN.fullmatch(
         record["experiment"]
     ):
@@ -253,10 +287,16 @@ def validate_record(record: Any, origin: str = "record") -> None:
 
 
 class RunStore:
-    """Records under ``<root>/runs/<experiment>/<key>.json`` (root default: ``results_dir()``)."""
+    """Records under ``<root>/runs/<experiment>/<key>.json`` (root default: ``results_dir()``).
+
+    Opening a store removes the temporary files that interrupted writes left in its folders
+    (``io.clean_stale_temps``: only those no live writer owns).
+    """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else results_dir()
+        for folder in (self.root / "runs").glob("*/"):
+            clean_stale_temps(folder)
 
     def path(self, experiment: str, key: str) -> Path:
         if not _KEY_PATTERN.fullmatch(key):
@@ -271,22 +311,33 @@ class RunStore:
             )
         return self.root / "runs" / experiment
 
+    def stored_path(self, experiment: str, key: str) -> Path | None:
+        """The file holding the record for ``key``: ``<key>.json``, else the record that lists ``key``
+        in its ``previous_keys`` (a migrated record), else None."""
+        path = self.path(experiment, key)
+        if path.is_file():
+            return path
+        for candidate in sorted(self._folder(experiment).glob("*.json")):
+            text = candidate.read_text(encoding="utf-8")
+            if '"previous_keys"' in text and key in text and key in json.loads(text).get("previous_keys", []):
+                return candidate
+        return None
+
     def exists(self, experiment: str, key: str) -> bool:
-        return self.path(experiment, key).is_file()
+        return self.stored_path(experiment, key) is not None
 
     def write(self, record: dict[str, Any], force: bool = False) -> Path:
         """Store ``record`` atomically; raise RecordExistsError if its key is taken, unless force.
 
-        The JSON is written whole to a temporary file beside the target and fsynced; it then
-        becomes the record with ``os.link`` (fails if the name exists, so of two concurrent
-        writers exactly one wins) or, when forced, ``os.replace``. Readers never see part of a
-        record.
+        The JSON is written whole to a world-readable temporary file beside the target
+        (``io.make_temp_beside``) and fsynced; it then becomes the record with ``os.link`` (fails if
+        the name exists, so of two concurrent writers exactly one wins) or, when forced,
+        ``os.replace``. Readers never see part of a record.
         """
         validate_record(record, "record to write")
         path = self.path(record["experiment"], record["key"])
         text = json.dumps(record, indent=2) + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{record['key']}.", suffix=".tmp")
+        fd, tmp = make_temp_beside(path)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
@@ -308,9 +359,10 @@ class RunStore:
         return path
 
     def read(self, experiment: str, key: str) -> dict[str, Any]:
-        path = self.path(experiment, key)
-        if not path.is_file():
-            raise FileNotFoundError(f"no run record {path} (experiment {experiment!r}, key {key})")
+        path = self.stored_path(experiment, key)
+        if path is None:
+            raise FileNotFoundError(
+                f"no run record {self.path(experiment, key)} (experiment {experiment!r}, key {key})")
         return _load(path)
 
     def records(self, experiment: str | None = None) -> list[dict[str, Any]]:
@@ -352,45 +404,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def env_info() -> dict[str, Any]:
-    """Where a run ran: git commit (and whether the tree had local changes), package versions,
-    platform, CPU count and CUDA device, so a record can be traced to code and hardware."""
-    # Imported here: reading records (reports, notebooks) should not need torch loaded.
-    import torch
-
-    status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
-    cuda = torch.cuda.is_available()
-    return {
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "packages": {name: _version(name) for name in PACKAGES},
-        "hardware": {
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-            "python": sys.version.split()[0],
-            "cpu_count": os.cpu_count(),
-            "cuda_device_count": torch.cuda.device_count() if cuda else 0,
-            "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
-        },
-    }
-
-
-def _git(*args: str) -> str | None:
-    """Output of a read-only git command in the repository, or None without git or commits."""
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *args],
-            capture_output=True, text=True, timeout=10, check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None

@@ -9,11 +9,14 @@ report (sweep, GLUE, NLG, latency) logs its tables and figures to a summary run 
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from lora_repro.config import method_label
 
 # Hydra overrides that choose a protocol or a machine, not a swept value: left out of run names.
 _NOT_SWEPT = ("+experiment", "experiment", "hydra", "logger", "force", "scale", "data_root")
@@ -51,7 +54,7 @@ def run_name(cfg: Mapping, key: str) -> str:
     swept = {name.rpartition(".")[2]: value.replace(",", "+").replace(" ", "")
              for name, value in swept_values(cfg).items()}
     swept.setdefault("seed", str(cfg.get("seed")))
-    parts = [cfg["task"]["name"], cfg["method"].get("label") or cfg["method"]["name"]]
+    parts = [cfg["task"]["name"], method_label(cfg)]
     parts += [f"{name}={value}" for name, value in swept.items() if name not in ("task", "method")]
     return "-".join([*parts, key[:6]])
 
@@ -144,3 +147,16 @@ def log_result_files(group: str, paths: list[str | os.PathLike], logger: Mapping
         raise ValueError(f"log_result_files takes .csv tables and .png figures; got {unknown}")
     tables = {path.stem: pd.read_csv(path) for path in files if path.suffix == ".csv"}
     return log_report(group, tables, {path.stem: path for path in files if path.suffix == ".png"}, logger=logger)
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--wandb` and `--wandb-dir` for an entry point that writes a report (sweep, GLUE/NLG, latency)."""
+    parser.add_argument("--wandb", action="store_true",
+                        help="log the report's tables and figures to its group's wandb summary run "
+                        "(offline unless WANDB_API_KEY is set; `wandb sync` later)")
+    parser.add_argument("--wandb-dir", default=None, help="where wandb writes its (offline) run")
+
+
+def report_logger(args: argparse.Namespace) -> dict | None:
+    """The logger settings `log_report` takes for parsed `add_report_arguments`, or None without --wandb."""
+    return {"dir": args.wandb_dir} if args.wandb else None

@@ -2,10 +2,14 @@
 
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
-from lora_repro import store
+from lora_repro import io, store
 
 CONFIG = {
     "task": {"name": "rte", "max_length": 128},
@@ -129,9 +133,42 @@ def test_bad_records_are_refused_with_the_reason(store_root):
 
 def test_env_info_names_code_and_hardware():
     info = store.env_info()
-    assert set(info) == {"git_commit", "git_dirty", "packages", "hardware"}
+    assert set(info) == {"git_commit", "git_dirty", "code", "packages", "hardware"}
     assert info["packages"]["torch"] and info["hardware"]["cpu_count"] >= 1
+    assert len(info["code"]) == 16
     json.dumps(info)
+
+
+def test_records_are_world_readable(store_root):
+    path = store.RunStore().write(make_record())
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_interrupted_writes_are_cleaned_but_a_live_writers_file_is_not(store_root):
+    folder = store_root / "runs" / "demo"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = io._host()
+    orphan = folder / f".abc.json.{host}-{dead.pid}.x1y2.tmp"  # its writer is gone
+    live = folder / f".def.json.{host}-{os.getpid()}.x1y2.tmp"  # this process: a write in progress
+    old = folder / ".0123456789abcdef.q9w8.tmp"  # from before names carried a pid, an hour old
+    for tmp in (orphan, live, old):
+        tmp.write_text("{")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    store.RunStore()
+    assert sorted(p.name for p in folder.iterdir()) == [live.name]
+
+
+def test_a_migrated_record_is_found_by_its_previous_key(store_root):
+    runs = store.RunStore()
+    old_key = store.run_key({**CONFIG, "seed": 7})
+    record = {**make_record(), "previous_keys": [old_key]}
+    runs.write(record)
+    assert runs.exists("demo", old_key) and runs.read("demo", old_key) == record
+    assert not runs.exists("demo", store.run_key({**CONFIG, "seed": 8}))
+    with pytest.raises(ValueError, match="previous_keys"):
+        store.validate_record({**record, "previous_keys": ["nope"]})
 
 
 def test_options_added_later_keep_old_keys_at_their_old_behaviour():

@@ -12,23 +12,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
+from helpers import TINY, tiny_run
 
 from lora_repro.analysis.report import write_sweep_report
 from lora_repro.analysis.sweep import SweepInputError, aggregate, load_sweep, swept_keys
-from lora_repro.config import compose_config, resolve
 from lora_repro.paths import CACHE_ENV, REPO_ROOT
-from lora_repro.run import run
 from lora_repro.store import RunStore
 
-TINY = {"train.train_subset": 32, "train.eval_subset": 16, "train.max_length": 32, "train.batch_size": 8}
 PNG = b"\x89PNG"
-
-
-def tiny_run(root, *overrides: str, **explicit) -> dict:
-    """One run of a sweep protocol at smoke size; `explicit` are the values a multirun job would set."""
-    cfg = OmegaConf.to_container(compose_config(["model=tiny_bert", *overrides]), resolve=True)
-    return run(resolve(cfg, {**TINY, **explicit}), RunStore(root))
 
 
 @pytest.fixture(scope="module")

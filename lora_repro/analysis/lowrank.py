@@ -17,8 +17,17 @@ import pandas as pd
 
 from lora_repro.analysis import plots
 from lora_repro.analysis.amplification import amplification_row, base_weight, delta_weight, w_delta_similarity
-from lora_repro.analysis.subspace import Factors, initial_factors, layer_phi, phi_grid, random_like, trained_factors
-from lora_repro.analysis.sweep import SEED, Sweep
+from lora_repro.analysis.subspace import (
+    Factors,
+    initial_factors,
+    layer_phi,
+    phi_grid,
+    random_like,
+    trained_factors,
+)
+from lora_repro.analysis.sweep import SEED, Sweep, SweepInputError, load_sweep
+from lora_repro.checkpoints import record_weights
+from lora_repro.paths import results_dir
 from lora_repro.store import RunStore
 
 TARGETS = ("q", "v")
@@ -85,12 +94,24 @@ def _phi_panels(runs: _Runs, low: int, high: int, layer: int, target: str) -> tu
 Panels = dict[tuple[int, str], tuple[dict, dict]]  # (layer, target) -> (rank panels, seed panels)
 
 
-def _summary_rows(panels: Panels, low: int) -> list[dict]:
+def comparison_kind(name: str) -> str:
+    """What a panel named by _phi_panels compares: 'rank, same seed', 'rank, different seeds' or 'seeds',
+    each ', trained' or ', initial'; or 'random control'. The observations are judged on these kinds."""
+    if name.startswith("random"):
+        return "random control"
+    state = "initial" if name.endswith("(initial)") else "trained"
+    if " vs r=" in name:
+        return f"rank, {'same seed' if ', seed ' in name else 'different seeds'}, {state}"
+    return f"seeds, {state}"
+
+
+def _summary_rows(panels: Panels, low: int, high: int) -> list[dict]:
     """φ at i = j = 1 and the mean over the i <= r_low, j <= r_low block, for every layer and target."""
     rows = []
     for (layer, target), (rank_panels, seed_panels) in sorted(panels.items()):
         for name, grid in {**rank_panels, **seed_panels}.items():
-            rows.append({"layer": layer, "target": target, "comparison": name, "phi_1_1": grid[0, 0],
+            rows.append({"layer": layer, "target": target, "comparison": name, "kind": comparison_kind(name),
+                         "r_low": low, "r_high": high, "phi_1_1": grid[0, 0],
                          "phi_mean_low_block": float(grid[:low, :low].mean())})
     return rows
 
@@ -141,7 +162,7 @@ def analyse(sweep: Sweep, out_dir: Path, root: str | Path | None = None, low_r: 
     layers = sorted({layer for layer, _ in factors})
     layer = layers[len(layers) // 2] if layer is None else layer
     panels = {(each, target): _phi_panels(runs, low, high, each, target) for each in layers for target in TARGETS}
-    report = LowRankReport(pd.DataFrame(_summary_rows(panels, low)), pd.DataFrame(), notes=notes)
+    report = LowRankReport(pd.DataFrame(_summary_rows(panels, low, high)), pd.DataFrame(), notes=notes)
     report.figures.update(_layer_figures(panels, low, high, sweep.stem, out_dir))
     for target in TARGETS:
         rank_panels, seed_panels = panels[(layer, target)]
@@ -180,3 +201,84 @@ def summary_numbers(report: LowRankReport) -> dict[str, float]:
     numbers.update({f"amplification/r={int(row.r)}": float(row.amplification)
                     for row in report.amplification.itertuples()})
     return {k: v for k, v in numbers.items() if np.isfinite(v)}
+
+
+def table_paths(tables_dir: Path, stem: str) -> dict[str, Path]:
+    """Where a rank sweep's φ summary and Table 7 analogue are kept as CSV (beside its table)."""
+    return {"phi": tables_dir / f"{stem}_phi.csv", "table7": tables_dir / f"{stem}_table7.csv"}
+
+
+def write_tables(report: LowRankReport, tables_dir: Path, stem: str) -> dict[str, Path]:
+    """The φ summary and Table 7 as CSV, so the notebooks can show them where the weights are not on disk."""
+    from lora_repro.io import atomic_write_text
+
+    paths = table_paths(tables_dir, stem)
+    atomic_write_text(paths["phi"], report.phi_summary.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(paths["table7"], report.amplification.to_csv(index=False, float_format="%.6g"))
+    return paths
+
+
+FIGURE_ORDER = ("phi_r", "phi_seeds", "phi_layers", "w_vs_delta")  # Figures 3, 4, 6/7, 8
+
+
+def _ordered(figures: dict[str, Path]) -> dict[str, Path]:
+    """The φ and Figure 8 heat maps in the paper's order (Figure 3, 4, 6/7, 8), others left out."""
+    rank = {key: next((i for i, prefix in enumerate(FIGURE_ORDER) if key.startswith(prefix)), None) for key in figures}
+    shown = sorted((key for key in figures if rank[key] is not None), key=lambda key: (rank[key], key))
+    return {key: figures[key] for key in shown}
+
+
+def missing_weights(sweep: Sweep, root: str | Path | None = None) -> list[str]:
+    """Keys of the sweep's runs whose saved weights are not on this machine (a fresh clone has none)."""
+    keys = set(sweep.runs["key"])
+    return [r["key"] for r in RunStore(root).records(sweep.name) if r["key"] in keys and not _has_weights(r)]
+
+
+@dataclass
+class LowRankView:
+    """φ and Table 7 of a rank sweep as a notebook shows them: computed now from the saved weights
+    (source "weights"), else the sweep report's committed CSV and PNG files ("committed"), else nothing
+    ("none"); `message` says in one line which, and why."""
+
+    source: str
+    message: str
+    phi_summary: pd.DataFrame
+    amplification: pd.DataFrame
+    figures: dict[str, Path]
+
+
+def view(name: str, figures_dir: Path, root: str | Path | None = None) -> LowRankView:
+    """The rank sweep `name`'s φ and Table 7: from its weights when every run's are on disk, else committed."""
+    try:
+        sweep = load_sweep(name, root)
+        missing = missing_weights(sweep, root)
+    except SweepInputError as err:
+        sweep, reason = None, str(err)
+    if sweep is not None and not missing:
+        report = analyse(sweep, figures_dir, root)
+        return LowRankView("weights", f"{name}: φ and Table 7 computed from the saved weights of {len(sweep.runs)} "
+                           "runs", report.phi_summary, report.amplification, _ordered(report.figures))
+    if sweep is not None:
+        reason = (f"{len(missing)} of {len(sweep.runs)} runs of {name} have no saved weights on disk (e.g. "
+                  f"{missing[0]}; set LORA_REPRO_CACHE to the cache holding weights/{name}/)")
+    return committed_view(name, root, reason)
+
+
+def committed_view(name: str, root: str | Path | None, reason: str) -> LowRankView:
+    """The φ summary, Table 7 and heat maps that `make table-sweep-...` wrote under the store's results."""
+    from lora_repro.analysis.results import shown
+
+    base = Path(root) if root is not None else results_dir()
+    stem = name if name.startswith("sweep") else f"sweep_{name}"
+    tables = table_paths(base / "tables", stem)
+    figures = _ordered({path.stem.removeprefix(f"{stem}_"): path for path in (base / "figures").glob(f"{stem}_*.png")})
+    if not all(path.is_file() for path in tables.values()):
+        return LowRankView("none", f"{reason}; and no committed φ tables ({shown(tables['phi'])}): "
+                           "run `make sweep-rank`", pd.DataFrame(), pd.DataFrame(), figures)
+    return LowRankView("committed", f"{reason}; showing the committed outputs under {shown(base)}/",
+                       pd.read_csv(tables["phi"]), pd.read_csv(tables["table7"]), figures)
+
+
+def _has_weights(record: dict) -> bool:
+    path = record_weights(record)
+    return path is not None and path.is_file()

@@ -29,14 +29,17 @@ def write_sweep_report(name: str, root: str | Path | None = None, metric: str | 
     figures = {sweep.kind: plots.sweep_figure(sweep, figures_dir)}
     frames = {"points": sweep.points}
     numbers: dict[str, float] = {}
-    if sweep.kind == "rank" and _has_weights(sweep):
+    missing = lowrank.missing_weights(sweep, root) if sweep.kind == "rank" else []
+    if sweep.kind == "rank" and not missing:
         report = lowrank.analyse(sweep, figures_dir, root)
         figures.update(report.figures)
         atomic_write_text(paths["md"], markdown(sweep) + "\n" + lowrank.markdown(report))
+        paths.update(lowrank.write_tables(report, tables_dir, sweep.stem))
         frames.update({"table7": report.amplification, "phi": report.phi_summary})
         numbers = lowrank.summary_numbers(report)
     elif sweep.kind == "rank":
-        log.info("%s: no saved weights (train.save_weights=false), so no φ or Table 7", name)
+        log.info("%s: %d runs have no saved weights on disk (e.g. %s), so no φ or Table 7", name, len(missing),
+                 missing[0])
     paths.update({f"figure_{key}": path for key, path in figures.items()})
     if wandb_logger is not None:
         from lora_repro.tracking import log_report
@@ -45,7 +48,3 @@ def write_sweep_report(name: str, root: str | Path | None = None, metric: str | 
                                         logger=wandb_logger)
     return paths
 
-
-def _has_weights(sweep) -> bool:
-    column = sweep.runs.get("checkpoint.path")
-    return column is not None and column.notna().all()

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from lora_repro.models.arch import SPECS, ArchSpec
-from lora_repro.paths import REPO_ROOT
 
 Factors = dict[tuple[int, str], dict[str, torch.Tensor]]  # (layer, target) -> {"A": (r, in), "B": (out, r)}
 
@@ -94,16 +92,16 @@ def parse_factors(state: Mapping[str, torch.Tensor], family: str) -> Factors:
 
 
 def trained_factors(record: Mapping) -> Factors:
-    """The trained LoRA factors of a run, read from its method-only safetensors."""
-    from safetensors.torch import load_file
+    """The trained LoRA factors of a run, read from its method-only safetensors (checked against its sha256)."""
+    from lora_repro.checkpoints import load_verified, record_weights
 
-    saved = (record.get("checkpoint") or {}).get("path")
-    path = Path(saved) if saved and Path(saved).is_absolute() else REPO_ROOT / (saved or "")
-    if not saved or not path.is_file():
+    path = record_weights(record)
+    if path is None or not path.is_file():
         raise FileNotFoundError(
-            f"run {record['experiment']}/{record['key']} has no saved weights ({path if saved else 'none saved'}); "
+            f"run {record['experiment']}/{record['key']} has no saved weights ({path or 'none saved'}); "
             "fix: rerun that config with force=true train.save_weights=true")
-    factors = parse_factors(load_file(str(path)), record["config"]["model"]["family"])
+    state = load_verified(path, record["checkpoint"].get("sha256"))
+    factors = parse_factors(state, record["config"]["model"]["family"])
     if not factors:
         raise ValueError(f"{path} holds no LoRA matrices; was run {record['key']} a LoRA run?")
     return factors

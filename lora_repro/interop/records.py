@@ -12,12 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import nn
 
+from lora_repro.checkpoints import load_verified, record_weights
 from lora_repro.interop.peft import AdapterError, check_out_dir, export_adapter
 from lora_repro.methods import load_method_state_dict
-from lora_repro.paths import REPO_ROOT
 from lora_repro.run import build
 from lora_repro.store import RunStore, validate_record
 
@@ -56,8 +55,7 @@ def weights_file(record: dict[str, Any]) -> Path:
     if method != "lora":
         raise AdapterError(f"run {record['key']} is a {method} run; only LoRA runs export to PEFT adapters. "
                            "Fix: pick a method=lora run")
-    saved = record["checkpoint"].get("path")
-    path = REPO_ROOT / saved if saved else None
+    path = record_weights(record)
     if path is None or not path.is_file():
         raise AdapterError(
             f"run {record['key']} " + (f"saved its weights to {path}, which is gone" if path else "saved no weights")
@@ -67,9 +65,11 @@ def weights_file(record: dict[str, Any]) -> Path:
 
 
 def trained_model(record: dict[str, Any], weights: Path) -> nn.Module:
-    """The run's model: base from its model config and seed, its LoRA applied, its saved weights loaded."""
+    """The run's model: base from its model config and seed, its LoRA applied, its saved weights loaded
+    (checked against the record's sha256 first)."""
+    state = load_verified(weights, record["checkpoint"].get("sha256"))
     loaded, _, _ = build(record["config"])
-    load_method_state_dict(loaded.model, load_file(str(weights)))
+    load_method_state_dict(loaded.model, state)
     return loaded.model.eval()
 
 

@@ -3,7 +3,9 @@ where they ran, and one way to write a table or figure.
 
 Reports read `store.load_dataframe` (one row per record, nested fields as dotted columns) instead of
 walking records by hand, so a new field is one column name away. Captions describe the hardware the
-records say they ran on (`env.hardware`), never the machine that renders the table.
+records say they ran on (`env.hardware`), never the machine that renders the table. A table says how
+many of its runs were made by other code than the checkout rendering it (`stale_text`), because a record
+is reused, not retrained, when the code changes (`stale=keep`, see lora_repro.store).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import IO
 import pandas as pd
 
 from lora_repro.io import atomic_write, atomic_write_text
+from lora_repro.provenance import code_fingerprint
 from lora_repro.store import RunStore, load_dataframe
 
 
@@ -57,6 +60,18 @@ def hardware_text(runs: pd.DataFrame) -> str:
     """Where the runs ran, from their records' `env.hardware`: "x86_64, 2 cores" (several: joined by " / ")."""
     pairs = runs[["env.hardware.machine", "env.hardware.cpu_count"]].drop_duplicates()
     return " / ".join(f"{machine}, {int(cores)} cores" for machine, cores in pairs.itertuples(index=False))
+
+
+def stale_text(runs: pd.DataFrame, target: str) -> str:
+    """The caption line counting runs made by other code than this checkout's (unknown counts); "" if none."""
+    codes = column(runs, "env.code")
+    other = int((codes != code_fingerprint()).sum())
+    if not other:
+        return ""
+    unknown = int(codes.isna().sum())
+    return (f"{other} of {len(runs)} runs were made by other code than this checkout's"
+            + (f" ({unknown} code unknown: made before records named their code)" if unknown else "")
+            + f"; `make {target} ARGS=stale=rerun` retrains them (the default, stale=keep, reuses them).")
 
 
 def write_table(stem: Path, frame: pd.DataFrame, markdown: str, index: bool = False) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from lora_repro.metrics.glue import headline
 from lora_repro.paths import REPO_ROOT
-from lora_repro.report.common import column, completed_runs, hardware_text, wall_text, write_table
+from lora_repro.report.common import column, completed_runs, hardware_text, stale_text, wall_text, write_table
 from lora_repro.store import RunStore
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "glue_table2.csv"
@@ -113,5 +113,7 @@ def write_glue_table(experiment: str, methods: list[str], tasks: list[str], pape
         + (f"; this call {wall_s / 60:.1f} min" if wall_s else "")
         + f"; {hardware_text(runs)}. Regenerate: `make reproduce-glue`."
     )
+    stale = stale_text(runs, "reproduce-glue")
+    caption += f"\n\n{stale}" if stale else ""
     write_table(out_dir / f"glue_{experiment}", summary, to_markdown(summary, tasks, paper_protocol, caption))
     return summary

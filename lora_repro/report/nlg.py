@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from lora_repro.paths import REPO_ROOT
-from lora_repro.report.common import column, completed_runs, hardware_text, wall_text, write_table
+from lora_repro.report.common import column, completed_runs, hardware_text, stale_text, wall_text, write_table
 from lora_repro.store import RunStore
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "nlg_tables.csv"
@@ -85,6 +85,7 @@ def write_nlg_table(experiment: str, dataset: str, methods: list[str], paper_mod
         + (f", this call {wall_s / 60:.1f} min" if wall_s else "")
         + f"; {hardware_text(runs)}.",
         "",
+        *([stale, ""] if (stale := stale_text(runs, f"reproduce-{dataset}")) else []),
         *[f"- {note}" for note in notes],
         "",
     ]

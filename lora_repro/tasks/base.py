@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -40,11 +41,14 @@ class TaskFamily(Protocol):
 
     TASK_KIND: the model head it needs (models.load: seq_cls | causal_lm).
     num_labels: the classifier's output size for a task (None without a classifier).
+    data_files: the files `prepare` reads for a run (for the record's data fingerprint).
     prepare: the task's data, loss, evaluation and finish for one run.
     """
 
     TASK_KIND: str
 
     def num_labels(self, task: str) -> int | None: ...
+
+    def data_files(self, cfg: dict) -> list[Path]: ...
 
     def prepare(self, cfg: dict, tokenizer: Any, handle: MethodHandle, device: torch.device) -> TaskData: ...

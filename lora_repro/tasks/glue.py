@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from lora_repro.data.glue import encode_split, get_task, make_loader
+from lora_repro.data.glue import encode_split, get_task, make_loader, split_path
 from lora_repro.methods import MethodHandle
 from lora_repro.metrics.glue import compute_eval_metrics, headline
 from lora_repro.tasks.base import TaskData
@@ -16,6 +18,14 @@ TASK_KIND = "seq_cls"
 
 def num_labels(task: str) -> int:
     return get_task(task).num_labels
+
+
+def data_files(cfg: dict) -> list[Path]:
+    """The TSVs `prepare` reads (none for hub data), for the record's data fingerprint."""
+    if cfg["data_source"] != "local":
+        return []
+    spec = get_task(cfg["task"]["name"])
+    return [split_path(spec.name, split, cfg["data_root"]) for split in (spec.train_split, *spec.eval_splits)]
 
 
 def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) -> TaskData:

@@ -28,6 +28,7 @@ from lora_repro.data.nlg import (
     make_loader,
     pad_id_for,
     select_groups,
+    source_path,
 )
 from lora_repro.methods import MethodHandle
 from lora_repro.metrics.e2e import score_e2e
@@ -98,6 +99,13 @@ def score(metric: str, groups: list[InputGroup], hyps: list[str], out_dir: Path)
         prefix = "" if which == "all" else f"{which}_"
         scores.update({f"{prefix}{k}": v for k, v in part.items()})
     return scores
+
+
+def data_files(cfg: dict) -> list[Path]:
+    """The train, eval and test files `prepare` reads, for the record's data fingerprint."""
+    task = cfg["task"]
+    return [source_path(task["dataset"], task[split], cfg["data_root"])
+            for split in ("train_split", "eval_split", "test_split")]
 
 
 def prepare(cfg: dict, tokenizer, handle: MethodHandle, device: torch.device) -> TaskData:
