@@ -43,17 +43,27 @@ test-fast: $(STAMP)  ## tests without the slow marker
 params: $(STAMP)  ## trainable-parameter table for the paper's configurations -> results/params/
 	$(PYTHON) -m experiments.params
 
-reproduce-glue: $(STAMP)  ## GLUE table (SCALE=cpu|smoke|paper, PROTOCOL=roberta_base_lora|..., SEEDS=5, ARGS=overrides)
+reproduce-glue: $(STAMP)  ## GLUE table (SCALE=cpu|smoke|paper, PROTOCOL=roberta_base_lora|..., SEEDS=5, ARGS=overrides, LAUNCHER=submitit_slurm_sweep)
 reproduce-e2e: $(STAMP)  ## E2E table (SCALE=cpu|smoke|paper, PROTOCOL=gpt2_medium for paper)
 reproduce-webnlg: $(STAMP)  ## WebNLG table (as reproduce-e2e)
 reproduce-dart: $(STAMP)  ## DART table (as reproduce-e2e)
 # E2E runs one job of 2 threads: SmolLM2 LoRA measured 1.7 s/step there vs 3.5 s/step for each of two
 # side-by-side 1-thread jobs (records in results/runs/e2e_cpu; those predate the ~15% cheaper loss)
 reproduce-e2e: JOBS = 1
+# The shards run in the background, where a non-interactive shell makes them ignore Ctrl-C (SIGINT):
+# the traps stop them (SIGTERM) when make is interrupted or terminated, or when one shard fails.
+# LAUNCHER=<conf/hydra/launcher option> on the command line: the JOBS shards run as one Hydra multirun on
+# that launcher instead (submitit_slurm_sweep: a SLURM array; LAUNCH_ARGS: its settings, e.g. hydra.launcher.partition=gpu).
 reproduce-%:
-	@set -e; pids=; for i in $$(seq 0 $$(($(JOBS) - 1))); do \
+ifeq ($(origin LAUNCHER),command line)
+	$(PYTHON) -m experiments.reproduce_sweep -m +experiment=$(call experiment,$*) $(if $(SEEDS),+seeds=$(SEEDS),) \
+	  +shard=$(shell seq -s, -f '%g/$(JOBS)' 0 $$(($(JOBS) - 1))) hydra/launcher=$(LAUNCHER) $(LAUNCH_ARGS) $(ARGS)
+else
+	@set -e; pids=; trap 'kill $$pids 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	for i in $$(seq 0 $$(($(JOBS) - 1))); do \
 	  $(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --shard $$i/$(JOBS) $(ARGS) & \
 	  pids="$$pids $$!"; done; for p in $$pids; do wait $$p; done
+endif
 	$(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --table-only $(ARGS)
 
 table-%: $(STAMP)  ## rewrite a table from the store, train nothing (table-glue, table-e2e, ...)
@@ -71,10 +81,12 @@ gpu-check: $(STAMP)  ## on a GPU machine: CUDA tests (events, memory stats, fp16
 
 # Sweeps: Hydra multirun over conf/experiment/sweep_*.yaml (hydra.sweeper.params inside), records in the
 # store, configs already stored are skipped. LAUNCHER=joblib_sweep (JOBS parallel runs, 1 torch thread each),
-# submitit_local_sweep or submitit_slurm_sweep (conf/hydra/launcher/); ARGS: extra overrides for every run.
+# submitit_local_sweep or submitit_slurm_sweep (conf/hydra/launcher/); ARGS: extra overrides for every run;
+# LAUNCH_ARGS: the launcher's settings (hydra.launcher.partition=gpu ...).
 LAUNCHER ?= joblib_sweep
+LAUNCH_ARGS ?=
 REPORT_ARGS ?=
-launch = hydra/launcher=$(LAUNCHER) $(if $(filter joblib%,$(LAUNCHER)),hydra.launcher.n_jobs=$(1),)
+launch = hydra/launcher=$(LAUNCHER) $(if $(filter joblib%,$(LAUNCHER)),hydra.launcher.n_jobs=$(1),) $(LAUNCH_ARGS)
 multirun = $(PYTHON) -m experiments.run -m +experiment=$(1) $(call launch,$(2)) $(ARGS)
 
 sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs) and E2E (6 runs, one job), then reports

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lora_repro.config import ConfigError, compose_config, method_label, resolve
+from lora_repro.distributed import is_rank_zero
 from lora_repro.paths import results_dir
 from lora_repro.report.efficiency import write_efficiency_table
 from lora_repro.report.glue import write_glue_table
@@ -74,7 +75,7 @@ def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[i
             log.info("[%d/%d] %s %s seed %d", number, len(plan), cfg["task"]["name"], method_label(cfg), cfg["seed"])
             source = (method_label(cfg), cfg["seed"], cfg["train"]["init_from_task"])
             run(cfg, init_key=keys.get(source))  # a source outside the plan: the store's latest match
-    if count == 1:
+    if count == 1 and is_rank_zero():  # under torchrun every rank runs the plan; one writes the tables
         wall_s = None if table_only else time.perf_counter() - started
         return write_tables(base, protocol, protocol_keys(overrides, protocol, seed_list), wall_s)
     return []

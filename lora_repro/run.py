@@ -2,24 +2,27 @@
 model, apply the method, start from a source run's weights if asked, train, save the method-only weights,
 write one record.
 
-The config comes resolved and validated (`config.resolve`); side effects (weights, record, wandb)
-happen only on the process that owns the run (rank 0).
+The config comes resolved and validated (`config.resolve`); side effects (weights, record, wandb,
+resume state, the NLG test decode) happen only on the process that owns the run (rank 0 under
+torchrun or accelerate launch; see lora_repro/distributed.py). With `train.checkpoint_every`, a
+killed run's resume state is picked up by the rerun and deleted once the record is written.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import torch
 
 from lora_repro import checkpoints, provenance
 from lora_repro.config import ConfigError, device_for, method_label
+from lora_repro.distributed import is_rank_zero, setup, wait_for_rank_zero
 from lora_repro.io import clean_stale_temps
 from lora_repro.methods import MethodHandle, apply_method, count_params, load_method_state_dict
 from lora_repro.models import LoadedModel, load_model
 from lora_repro.paths import cache_dir, data_root
+from lora_repro.resume import Checkpointer, resume_path
 from lora_repro.store import RunStore, new_record, run_key
 from lora_repro.tasks import family
 from lora_repro.tasks.base import TaskFamily
@@ -29,10 +32,6 @@ from lora_repro.train import autocast, train_config, train_loop
 log = logging.getLogger(__name__)
 
 __all__ = ["ConfigError", "build", "is_rank_zero", "run"]
-
-
-def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def build(cfg: dict) -> tuple[LoadedModel, MethodHandle, TaskFamily]:
@@ -100,12 +99,14 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
         stored = store.read(experiment, key)
         if reusable(stored, inputs, cfg, f"{experiment}/{key}"):
             log.info("skip: %s/%s already in the store (force=true to rerun)", experiment, key)
+            if is_rank_zero():  # killed between writing the record and deleting its resume state
+                resume_path(experiment, key).unlink(missing_ok=True)
             return stored
         replace = True
     train_cfg, task_cfg = train_config(cfg["train"]), cfg["task"]
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
-    device = device_for(train_cfg.device)
+    device = setup(device_for(train_cfg.device))
     started = time.perf_counter()
     loaded, handle, _ = build(cfg)
     model = loaded.model
@@ -115,11 +116,13 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     data = tasks.prepare(cfg, loaded.tokenizer, handle, device)
     tracker = make_tracker(cfg if is_rank_zero() else {"logger": {"name": "none"}}, key)
     tracker.log_params(params)
-    state, measured = train_loop(model, handle, data, train_cfg, device, on_epoch=tracker.log_epoch)
+    checkpointer = Checkpointer(resume_path(experiment, key), train_cfg.checkpoint_every, write=is_rank_zero())
+    state, measured = train_loop(model, handle, data, train_cfg, device, on_epoch=tracker.log_epoch,
+                                 checkpointer=checkpointer)
     best = dict(state.best or {})
     if state.best_weights is not None:
         load_method_state_dict(model, state.best_weights)
-    if data.finish is not None:
+    if data.finish is not None and is_rank_zero():
         with autocast(train_cfg, device):
             best.update(data.finish(model))
     checkpoint = {"bytes": checkpoints.state_bytes(state.best_weights), "init_from": init_path}
@@ -135,6 +138,8 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     )
     if is_rank_zero():
         store.write(record, force=replace)
+        checkpointer.discard()
         tracker.log_record(record)
+    wait_for_rank_zero()
     tracker.finish()
     return record

@@ -74,6 +74,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; CPU with AVX512-BF16 or CUDA) | fp16 (CUDA, grad scaler)
     save_weights: bool = True  # save the method-only state dict next to the record's key
     init_from_task: str | None = None  # e.g. mnli: start the method weights from that task's run
+    checkpoint_every: int | None = None  # resume state every N optimizer steps (null/0: off); not in the run key
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, f"train.lr must be > 0, got {self.lr}; e.g. train.lr=5e-4")
@@ -89,6 +90,8 @@ class TrainConfig:
             _require(value is None or value >= 1, f"train.{key} must be null or >= 1, got {value}")
         _require(0 <= self.warmup_ratio <= 1, f"train.warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         _require(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(self.checkpoint_every is None or (_is_int(self.checkpoint_every) and self.checkpoint_every >= 0),
+                 f"train.checkpoint_every must be null/0 (off) or a step count >= 1, got {self.checkpoint_every!r}")
         _require(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
         _require(len(self.adam_betas) == 2, f"train.adam_betas must hold two numbers, got {self.adam_betas}")
         _require(self.device in DEVICES, f"train.device must be one of {DEVICES}, got {self.device!r}")

@@ -122,8 +122,10 @@ _OLD_ADAPTER_PLACEMENT = {"adapter_h": ["attn_out", "ffn_out"], "adapter_d": ["a
 # (group, key) -> the value that reproduces the behaviour from before the key existed; a callable
 # takes the group's dict and returns it, when it depended on the preset (None: the preset always had
 # the key, so it is hashed); `_ANY` when every value of a key that did not exist was implied.
+_ANY = object()
 KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {
     ("train", "precision"): "fp32",
+    ("train", "checkpoint_every"): _ANY,  # how often resume state is saved; the result does not depend on it
     # typed configs (lora_repro/schemas.py) made every preset's implicit choices explicit fields
     ("method", "label"): None,
     ("method", "top_k"): None,
@@ -158,7 +160,7 @@ def _as_before(node: Any, group: str | None = None) -> Any:
             continue
         old = old_behaviour(section) if callable(old_behaviour) else old_behaviour
         always_hashed = callable(old_behaviour) and old is None  # the preset had the key before
-        if not always_hashed and section[name] == old:
+        if old is _ANY or (not always_hashed and section[name] == old):
             del section[name]
     for rule_group, name in INTEGRAL_AS_INT:
         value = section.get(name)
@@ -365,7 +367,8 @@ class RunStore:
 
     def records(self, experiment: str | None = None) -> list[dict[str, Any]]:
         """All records (of one experiment, if given), in path order."""
-        paths = (self.root / "runs").glob("*/*.json") if experiment is None else self._folder(experiment).glob("*.json")
+        every = experiment is None
+        paths = (self.root / "runs").glob("*/*.json") if every else self._folder(experiment).glob("*.json")
         return [_load(path) for path in sorted(paths)]
 
 

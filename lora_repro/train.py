@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lora_repro import distributed
 from lora_repro.measure import MemoryMeter
 from lora_repro.methods import MethodHandle, method_state_dict
+from lora_repro.resume import Checkpointer, restore_rng
 from lora_repro.schemas import TrainConfig
 from lora_repro.tasks.base import TaskData
 
@@ -44,6 +46,13 @@ class TrainState:
     best: dict[str, Any] | None = None
     best_epoch: int | None = None
     best_weights: dict[str, torch.Tensor] | None = None
+    epoch_batches: int = 0  # batches of the current epoch trained so far (a resumed run skips them)
+    epoch_loss: torch.Tensor | None = None  # their summed loss (the epoch's train_loss numerator)
+    samples: int = 0
+    tokens: int = 0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    resumed_at: list[int] = field(default_factory=list)  # steps at which a rerun resumed this run
 
 
 def train_config(train_cfg: TrainConfig | Mapping) -> TrainConfig:
@@ -126,74 +135,132 @@ def train_loop(
     train_cfg: TrainConfig | Mapping,
     device: torch.device,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
-    """Train for `epochs` epochs (or `max_steps`), evaluating after each; keep the best epoch's weights."""
+    """Train for `epochs` epochs (or `max_steps`), evaluating after each; keep the best epoch's weights.
+
+    With a `checkpointer`, a saved resume state is loaded first and the state is saved every
+    `train.checkpoint_every` steps, so a killed run continues where it stopped.
+    """
     train_cfg = train_config(train_cfg)
     if train_cfg.epochs == 0:
         return evaluate_untrained(model, data.evaluate, device, train_cfg)
     total = total_steps_for(train_cfg, data.steps_per_epoch)
     optimizer = build_optimizer(model, train_cfg.lr, train_cfg.weight_decay, train_cfg.adam_betas, train_cfg.adam_eps)
     state = TrainState(model, optimizer, linear_schedule(optimizer, warmup_steps_for(train_cfg, total), total))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    amp = autocast(train_cfg, device)  # built once: the step loop only enters it
-    scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
+    steps = Stepper(model, method, data, train_cfg, device, checkpointer)
+    rng = checkpointer.restore(state, steps.scaler) if checkpointer else None
     meter = MemoryMeter(device)
-    samples = tokens = 0
-    train_seconds = eval_seconds = 0.0
     with meter:
-        while state.epoch < train_cfg.epochs and state.step < total:
-            model.train()
-            started = time.perf_counter()
-            running = torch.zeros((), device=device)
-            seen = 0
-            bar = tqdm(data.train_batches, total=data.steps_per_epoch,
-                       desc=f"epoch {state.epoch + 1}/{train_cfg.epochs}", leave=False, mininterval=2.0)
-            for batch in bar:
-                batch = move(method.prepare_batch(batch), device)
-                samples += batch["input_ids"].shape[0]
-                tokens += int(batch["attention_mask"].sum())
-                with amp:
-                    loss = data.loss(model, batch)
-                scaler.scale(loss).backward()
-                if train_cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, train_cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                state.scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                running += loss.detach()
-                seen += 1
-                state.step += 1
-                if state.step % LOG_EVERY == 0:
-                    bar.set_postfix(loss=f"{running.item() / seen:.4f}")
-                if state.step >= total:
-                    break
-            train_seconds += time.perf_counter() - started
-            state.epoch += 1
-            started = time.perf_counter()
-            model.eval()
-            with amp:
-                metrics = data.evaluate(model)
-            eval_seconds += time.perf_counter() - started
-            entry = {"epoch": state.epoch, "step": state.step, "train_loss": running.item() / max(1, seen), **metrics}
-            state.history.append(entry)
-            log.info("epoch %d: %s", state.epoch, {k: round(v, 4) for k, v in entry.items() if isinstance(v, float)})
-            if on_epoch:
-                on_epoch(entry)
-            if state.best is None or is_better(metrics[data.headline], state.best[data.headline], data.maximize):
-                state.best, state.best_epoch = dict(metrics), state.epoch
-                state.best_weights = method_state_dict(model)
+        # an epoch whose batches were all consumed before a kill still needs its evaluation
+        while state.epoch < train_cfg.epochs and (state.step < total or state.epoch_batches):
+            steps.train_epoch(state, total, rng)
+            rng = None
+            evaluate_epoch(state, data, steps.amp, on_epoch)
     timing = {
-        "train_s": round(train_seconds, 3),
-        "eval_s": round(eval_seconds, 3),
+        "train_s": round(state.train_s, 3),
+        "eval_s": round(state.eval_s, 3),
         "steps": state.step,
-        "train_samples": samples,
-        "train_samples_per_s": round(samples / train_seconds, 3) if train_seconds else None,
-        "train_tokens_per_s": round(tokens / train_seconds, 3) if train_seconds else None,
-        "step_s": round(train_seconds / state.step, 5) if state.step else None,
+        "train_samples": state.samples,
+        "train_samples_per_s": round(state.samples / state.train_s, 3) if state.train_s else None,
+        "train_tokens_per_s": round(state.tokens / state.train_s, 3) if state.train_s else None,
+        "step_s": round(state.train_s / state.step, 5) if state.step else None,
+        **({"resumed_at_steps": state.resumed_at} if state.resumed_at else {}),
     }
     return state, {"timing": timing, "memory": meter.summary(model, optimizer)}
+
+
+class Stepper:
+    """The optimizer steps of one run: forward (through DDP in several processes), backward, clip, step."""
+
+    def __init__(self, model: nn.Module, method: MethodHandle, data: TaskData, train_cfg: TrainConfig,
+                 device: torch.device, checkpointer: Checkpointer | None) -> None:
+        self.model, self.method, self.data, self.cfg, self.device = model, method, data, train_cfg, device
+        self.checkpointer = checkpointer
+        self.loss = distributed.loss_fn(model, data.loss, device)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.amp = autocast(train_cfg, device)  # built once: the step loop only enters it
+        self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
+
+    def train_epoch(self, state: TrainState, total: int, rng: dict | None) -> None:
+        """One epoch's remaining batches (all of them unless resumed mid-epoch); `rng`: the resumed RNG states."""
+        self.model.train()
+        started = time.perf_counter()
+        batches = epoch_batches(self.data.train_batches, state.epoch, state.epoch_batches)
+        if rng is not None:
+            restore_rng(rng)
+        if state.epoch_loss is None:
+            state.epoch_loss = torch.zeros((), device=self.device)
+        bar = tqdm(batches, total=self.data.steps_per_epoch, initial=state.epoch_batches,
+                   desc=f"epoch {state.epoch + 1}/{self.cfg.epochs}", leave=False, mininterval=2.0)
+        for batch in bar:
+            self.step(state, move(self.method.prepare_batch(batch), self.device))
+            if state.step % LOG_EVERY == 0:
+                bar.set_postfix(loss=f"{state.epoch_loss.item() / state.epoch_batches:.4f}")
+            if self.checkpointer and self.checkpointer.due(state.step):
+                state.train_s += time.perf_counter() - started
+                started = time.perf_counter()
+                self.checkpointer.save(state, self.scaler)
+            if state.step >= total:
+                break
+        state.train_s += time.perf_counter() - started
+
+    def step(self, state: TrainState, batch: dict) -> None:
+        state.samples += batch["input_ids"].shape[0]
+        state.tokens += int(batch["attention_mask"].sum())
+        part, weight = distributed.shard(batch)
+        with self.amp:
+            loss = self.loss(part)
+        if weight != 1.0:  # several processes: this rank's share of the global batch loss
+            loss = loss * weight
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip)
+        self.scaler.step(state.optimizer)
+        self.scaler.update()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.epoch_loss += loss.detach()
+        state.epoch_batches += 1
+        state.step += 1
+
+
+def epoch_batches(loader: Iterable[dict], epoch: int, skip: int) -> Iterator[dict]:
+    """The epoch's batches after the first `skip` (already trained before a resume), in the epoch's order.
+
+    The loader's shuffle is set to `epoch` (`set_epoch` on its batch sampler, its sampler or itself),
+    which is what its own per-pass counter would hold in an uninterrupted run.
+    """
+    holders = (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None), loader)
+    order = next((h for h in holders if hasattr(h, "set_epoch")), None)
+    if order is not None:
+        order.set_epoch(epoch)
+    batches = iter(loader)
+    for _ in range(skip):
+        next(batches)
+    return batches
+
+
+def evaluate_epoch(state: TrainState, data: TaskData, amp: contextlib.AbstractContextManager,
+                   on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+    """Close the epoch: evaluate, append its history entry, keep the weights if it is the best so far."""
+    state.epoch += 1
+    started = time.perf_counter()
+    state.model.eval()
+    with amp:
+        metrics = data.evaluate(state.model)
+    state.eval_s += time.perf_counter() - started
+    train_loss = distributed.global_mean(state.epoch_loss).item() / max(1, state.epoch_batches)
+    entry = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss, **metrics}
+    state.epoch_loss, state.epoch_batches = None, 0
+    state.history.append(entry)
+    log.info("epoch %d: %s", state.epoch, {k: round(v, 4) for k, v in entry.items() if isinstance(v, float)})
+    if on_epoch:
+        on_epoch(entry)
+    if state.best is None or is_better(metrics[data.headline], state.best[data.headline], data.maximize):
+        state.best, state.best_epoch = dict(metrics), state.epoch
+        state.best_weights = method_state_dict(state.model)
 
 
 def evaluate_untrained(model: nn.Module, evaluate, device: torch.device,

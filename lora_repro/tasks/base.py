@@ -18,7 +18,8 @@ from lora_repro.methods import MethodHandle
 class TaskData:
     """What a task family hands the run loop.
 
-    train_batches: re-iterable, one pass per epoch (pre-tokenised, padded per batch).
+    train_batches: re-iterable, one pass per epoch (pre-tokenised, padded per batch); when shuffled,
+        it (or its batch sampler or sampler) has `set_epoch(n)` so a resumed run replays epoch n's order.
     loss: (model, batch on the device) -> the training loss of that batch.
     evaluate: model -> metrics after an epoch; `headline` names the one that picks the best epoch,
         the higher the better unless `maximize` is False (a loss).
