@@ -17,6 +17,27 @@ SEED_ARG   = $(if $(SEEDS),--seeds $(SEEDS),)
 # conf/experiment/<dataset>_<scale>[_<protocol>].yaml, e.g. glue_cpu, glue_paper_roberta_base_lora
 experiment = $(1)_$(SCALE)$(if $(PROTOCOL),_$(PROTOCOL),)
 
+# Bad JOBS / SEEDS / SCALE / PROTOCOL: one line ("Makefile:N: *** ...  Stop.") and exit code 2 before
+# anything runs: $(error) fires when a recipe is expanded, before its first line (no commas in the texts:
+# they would split the function's arguments).
+SCALES := $(basename $(notdir $(wildcard conf/scale/*.yaml)))
+is_count = $(shell printf '%s' '$(1)' | grep -Eqx '[1-9][0-9]*' && echo yes)
+check_jobs = $(if $(call is_count,$(JOBS)),,$(error JOBS=$(JOBS) must be an integer >= 1; e.g. JOBS=2))
+check_seeds = $(if $(SEEDS),$(if $(call is_count,$(SEEDS)),,$(error SEEDS=$(SEEDS) must be an integer >= 1 \
+  (seeds 0..SEEDS-1) or empty for the protocol's seeds)))
+check_scale = $(if $(filter-out $(SCALES),$(SCALE))$(if $(SCALE),,empty),$(error SCALE=$(SCALE) is not one of: $(SCALES)))
+check_experiment = $(if $(wildcard conf/experiment/$(call experiment,$(1)).yaml),,$(error no conf/experiment/$(call \
+  experiment,$(1)).yaml for SCALE=$(SCALE) PROTOCOL=$(PROTOCOL); protocols of $(1): \
+  $(basename $(notdir $(wildcard conf/experiment/$(1)_*.yaml)))))
+check_protocol = $(check_scale)$(check_seeds)$(call check_experiment,$(1))
+# ARGS and the data: one process checks every run of the protocol before the shards start, and its one
+# line becomes make's (a failing recipe line would add make's own "Error" line, and each shard its copy).
+# ($ doubled: $(eval) would expand a "$LORA_REPRO_DATA" in the message)
+check_runs = $(eval reproduce_check := $(subst $$,$$$$,$(shell out=$$($(PYTHON) -m experiments.reproduce \
+  +experiment=$(call experiment,$(1)) $(SEED_ARG) --check-only $(ARGS) 2>&1 >/dev/null) || \
+  printf '%s' "$${out:-experiments.reproduce --check-only failed}" | tail -n 1)))$(if $(reproduce_check),$(error \
+  $(reproduce_check)))
+
 .PHONY: help install lint test test-fast params latency bench-peer gpu-check clean sweep-rank sweep-targets sweep-budget notebooks  # reproduce-%, table-% and table-sweep-% are pattern rules
 
 help:  ## list the targets
@@ -55,6 +76,7 @@ reproduce-e2e: JOBS = 1
 # LAUNCHER=<conf/hydra/launcher option> on the command line: the JOBS shards run as one Hydra multirun on
 # that launcher instead (submitit_slurm_sweep: a SLURM array; LAUNCH_ARGS: its settings, e.g. hydra.launcher.partition=gpu).
 reproduce-%:
+	@: $(call check_protocol,$*)$(check_jobs)$(call check_runs,$*)
 ifeq ($(origin LAUNCHER),command line)
 	$(PYTHON) -m experiments.reproduce_sweep -m +experiment=$(call experiment,$*) $(if $(SEEDS),+seeds=$(SEEDS),) \
 	  +shard=$(shell seq -s, -f '%g/$(JOBS)' 0 $$(($(JOBS) - 1))) hydra/launcher=$(LAUNCHER) $(LAUNCH_ARGS) $(ARGS)
@@ -67,6 +89,7 @@ endif
 	$(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --table-only $(ARGS)
 
 table-%: $(STAMP)  ## rewrite a table from the store, train nothing (table-glue, table-e2e, ...)
+	@: $(call check_protocol,$*)
 	$(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --table-only $(ARGS)
 
 latency: $(STAMP)  ## inference latency grid (Table 1 / Figure 5); SCALE=paper for the full grid
@@ -87,7 +110,7 @@ LAUNCHER ?= joblib_sweep
 LAUNCH_ARGS ?=
 REPORT_ARGS ?=
 launch = hydra/launcher=$(LAUNCHER) $(if $(filter joblib%,$(LAUNCHER)),hydra.launcher.n_jobs=$(1),) $(LAUNCH_ARGS)
-multirun = $(PYTHON) -m experiments.run -m +experiment=$(1) $(call launch,$(2)) $(ARGS)
+multirun = $(check_jobs)$(PYTHON) -m experiments.run -m +experiment=$(1) $(call launch,$(2)) $(ARGS)
 
 sweep-rank: $(STAMP)  ## rank sweeps: GLUE (21 runs) and E2E (6 runs, one job), then reports
 	$(call multirun,sweep_rank_glue,$(JOBS))

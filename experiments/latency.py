@@ -22,7 +22,9 @@ import torch
 
 from lora_repro.bench.latency import DEFAULT_GRID, experiment_name, measure_into_store, thread_noise
 from lora_repro.config import group_option
+from lora_repro.errors import OneLineParser, one_line_errors, positive_int
 from lora_repro.paths import results_dir
+from lora_repro.preflight import check_folders
 from lora_repro.report.latency import write_latency_report
 from lora_repro.store import RunStore
 from lora_repro.tracking import add_report_arguments, log_result_files, report_logger
@@ -30,15 +32,16 @@ from lora_repro.tracking import add_report_arguments, log_result_files, report_l
 log = logging.getLogger("latency")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@one_line_errors("experiments.latency")
+def main(argv: list[str]) -> None:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default=None, help="conf/bench/latency_<grid>.yaml: cpu | paper | smoke "
                         "(default: cpu on a CPU, paper on a GPU)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--trials", type=int, default=None, help="override the grid's timed passes per cell")
+    parser.add_argument("--trials", type=positive_int, default=None, help="override the grid's timed passes per cell")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="measure again even if the store has this config")
-    parser.add_argument("--thread-noise", type=int, nargs="+", metavar="N", default=None,
+    parser.add_argument("--thread-noise", type=positive_int, nargs="+", metavar="N", default=None,
                         help="instead of the grid: compare the pass noise at these CPU thread counts (batch 1 x "
                         "seq 128, --trials rounds, default 24) to choose the grid's num_threads")
     add_report_arguments(parser)
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         noise = thread_noise(grid, args.thread_noise, args.trials or 24, seed=args.seed)
         print(pd.DataFrame.from_dict(noise, orient="index").rename_axis("threads").to_string())
         return
+    check_folders()
     experiment = experiment_name(device, grid_name)
     store = RunStore()
     measure_into_store(grid, device, args.seed, experiment, store, args.force)

@@ -6,30 +6,44 @@ protocol, then write its table (GLUE or NLG, by the protocol's task kind).
 
 `--shard i/n` takes every n-th method, so n processes can share the machine; the table is written
 by the unsharded call, which with --wandb also logs the tables to the protocol's wandb summary run.
-The work is lora_repro.protocol.reproduce.
+The work is lora_repro.protocol.reproduce. Bad input (a flag, a value, the data, the folders) stops
+every run before the first one with one line and exit code 2 (`--debug`: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 
 from lora_repro.config import compose_config
+from lora_repro.errors import OneLineParser, one_line_errors, positive_int
 from lora_repro.protocol import reproduce
 from lora_repro.tracking import add_report_arguments, log_result_files, report_logger
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def shard(text: str) -> tuple[int, int]:
+    """An argparse `type`: `i/n` with 0 <= i < n."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not int(match[1]) < int(match[2]):
+        raise argparse.ArgumentTypeError(f"{text!r} is not i/n with 0 <= i < n, e.g. 0/2")
+    return int(match[1]), int(match[2])
+
+
+@one_line_errors("experiments.reproduce")
+def main(argv: list[str]) -> None:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=glue_cpu train.lr=1e-3")
-    parser.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 (default: the protocol's)")
-    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th method starting at i")
+    parser.add_argument("--seeds", type=positive_int, default=None, help="run seeds 0..N-1 (default: the protocol's)")
+    parser.add_argument("--shard", type=shard, default=(0, 1), help="i/n: run every n-th method starting at i")
     parser.add_argument("--table-only", action="store_true", help="write the table from the store, train nothing")
+    parser.add_argument("--check-only", action="store_true",
+                        help="check every run of the protocol (values, data, folders), run nothing")
     add_report_arguments(parser)
     args = parser.parse_intermixed_args(argv)  # overrides may follow --shard (the Makefile passes ARGS last)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    index, count = (int(x) for x in args.shard.split("/"))
-    tables = reproduce(args.overrides, seeds=args.seeds, shard=(index, count), table_only=args.table_only)
+    tables = reproduce(args.overrides, seeds=args.seeds, shard=args.shard, table_only=args.table_only,
+                       check_only=args.check_only)
     if args.wandb and tables:  # the unsharded call wrote the tables
         log_result_files(compose_config(args.overrides).experiment_name, tables, report_logger(args))
 

@@ -31,6 +31,7 @@ from lora_repro import schemas
 from lora_repro.paths import REPO_ROOT
 from lora_repro.provenance import STALE_CHOICES
 from lora_repro.schemas import ConfigError
+from lora_repro.store import _NAME_PATTERN as STORE_FOLDER_NAME  # the store's rule for folder names
 from lora_repro.store import run_key
 
 CONF_DIR = REPO_ROOT / "conf"
@@ -41,17 +42,20 @@ METHOD_SCHEMAS = {"finetune": schemas.FineTuneConfig, "lora": schemas.LoRAConfig
                   "adapter": schemas.AdapterConfig, "prefix": schemas.PrefixConfig,
                   "peft_adapter": schemas.PeftAdapterConfig}
 SCHEMA_PREFIX = "/schema/"
+DATA_SOURCES = ("local", "hub")
 
 __all__ = ["ConfigError", "compose_config", "group_option", "init_source_key", "method_label", "resolve"]
 
 
-def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """The config a Hydra main would see for these overrides (inside a Hydra main: its own conf/)."""
+def compose_config(overrides: Sequence[str] = (), config_name: str = "config",
+                   return_hydra_config: bool = False) -> DictConfig:
+    """The config a Hydra main would see for these overrides (inside a Hydra main: its own conf/);
+    `return_hydra_config`: with Hydra's own node (`hydra.sweeper.params` of a sweep)."""
     schemas.register()
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name=config_name, overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def group_option(group: str, name: str) -> dict[str, Any]:
@@ -59,7 +63,7 @@ def group_option(group: str, name: str) -> dict[str, Any]:
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        raise ValueError(f"unknown {group} {name!r}; known: {known} (conf/{group}/)")
+        raise ConfigError(f"unknown {group} {name!r}; known: {known} (conf/{group}/)")
     node = OmegaConf.load(path)
     bases = [entry for entry in node.pop("defaults", []) if isinstance(entry, str) and entry != "_self_"]
     layers = [OmegaConf.structured(schemas.SCHEMAS[base[len(SCHEMA_PREFIX):].split("@")[0]])
@@ -91,6 +95,7 @@ def resolve(composed: dict, overrides: Sequence[str] = ()) -> dict:
     its method and task, then the command line's `train.*`/`method.*` overrides, validated."""
     cfg = copy.deepcopy(composed)
     protocol = cfg.pop("protocol", None) or {}
+    check_protocol_scale(cfg, protocol)
     task, method = cfg["task"]["name"], method_label(cfg)
     hparams = protocol.get("hparams", {})
     layers = (hparams.get(ALL, {}), protocol.get("task_hparams", {}).get(task, {}),
@@ -104,6 +109,16 @@ def resolve(composed: dict, overrides: Sequence[str] = ()) -> dict:
         cfg[section][name] = value
     validate(cfg)
     return cfg
+
+
+def check_protocol_scale(cfg: dict, protocol: dict) -> None:
+    """A protocol declares its scale (`protocol.scale`); a command-line `scale=` that differs would
+    label the protocol's runs with another scale than the one its values were chosen for."""
+    declared = protocol.get("scale")
+    if declared is not None and cfg["scale"] != declared:
+        raise ConfigError(f"scale={cfg['scale']} contradicts experiment {cfg['experiment_name']!r}, whose protocol is "
+                          f"scale {declared}; drop scale={cfg['scale']} or choose the experiment made for that scale "
+                          f"(conf/experiment/*_{cfg['scale']}*.yaml)")
 
 
 def resolve_overrides(overrides: Sequence[str]) -> dict:
@@ -126,6 +141,7 @@ def validate(cfg: dict) -> None:
                           "run made by other code)")
     if kind not in TASK_KINDS:
         raise ConfigError(f"task.kind={kind!r} has no runner; known: {TASK_KINDS}")
+    validate_top_level(cfg)
     train = schemas.typed(schemas.TrainConfig, cfg["train"], "train")
     schemas.typed(schemas.GlueTaskConfig if kind == "glue" else schemas.NLGTaskConfig, cfg["task"], "task")
     method_config(cfg["method"])
@@ -133,6 +149,19 @@ def validate(cfg: dict) -> None:
         raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
     if train.precision == "fp16" and device_for(train.device).type != "cuda":
         raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+
+
+def validate_top_level(cfg: dict) -> None:
+    """The ungrouped keys of conf/config.yaml: seed, data source, the store folder name."""
+    seed = cfg["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}; e.g. seed=0")
+    if cfg["data_source"] not in DATA_SOURCES:
+        raise ConfigError(f"data_source={cfg['data_source']!r} is not one of {DATA_SOURCES}")
+    name = cfg["experiment_name"]
+    if not isinstance(name, str) or not STORE_FOLDER_NAME.fullmatch(name):
+        raise ConfigError(f"experiment_name={cfg['experiment_name']!r} is not a plain folder name; use letters, "
+                          "digits, '.', '_' and '-' (it names the store folder results/runs/<experiment_name>)")
 
 
 def device_for(device: str) -> torch.device:

@@ -43,9 +43,14 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     )
 
 
+def cache_root() -> Path:
+    """Where the cache lives ($LORA_REPRO_CACHE, default <repo>/.cache), without creating it."""
+    return Path(os.environ.get(CACHE_ENV, REPO_ROOT / ".cache"))
+
+
 def cache_dir() -> Path:
-    """Tokenised-data and converted-model cache, outside git (default: <repo>/.cache)."""
-    path = Path(os.environ.get(CACHE_ENV, REPO_ROOT / ".cache"))
+    """Tokenised-data and converted-model cache, outside git (default: <repo>/.cache), created."""
+    path = cache_root()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

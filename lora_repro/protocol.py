@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lora_repro import preflight
 from lora_repro.config import ConfigError, compose_config, method_label, resolve
 from lora_repro.distributed import is_rank_zero
 from lora_repro.paths import results_dir
@@ -60,16 +61,27 @@ def protocol_keys(overrides: Sequence[str], protocol: dict, seeds: Sequence[int]
 
 
 def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[int, int] = (0, 1),
-              table_only: bool = False) -> list[Path]:
+              table_only: bool = False, check_only: bool = False) -> list[Path]:
     """Run a protocol's missing runs (this shard's methods), then write its tables (unsharded calls only);
-    returns the tables' CSV files (none from a shard)."""
+    returns the tables' CSV files (none from a shard). `check_only`: check every run (values, data,
+    folders) and stop, as `make reproduce-*` does once before it starts the shards."""
     base = compose_config(overrides)
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"seeds={seeds}: give a number of seeds >= 1 (seeds 0..N-1), or none for the protocol's")
+    if "methods" not in (base.get("protocol") or {}):
+        raise ConfigError(f"{' '.join(overrides) or 'no override'} names no protocol (methods, tasks, seeds); use "
+                          "+experiment=<protocol>, e.g. glue_cpu (a sweep runs with experiments.run -m)")
     protocol = OmegaConf.to_container(base.protocol, resolve=True)
-    seed_list = list(range(seeds)) if seeds else protocol["seeds"]
+    seed_list = list(range(seeds)) if seeds is not None else protocol["seeds"]
     index, count = shard
     started = time.perf_counter()
-    if not table_only:
-        plan = init_order(plan_runs(overrides, protocol["methods"][index::count], protocol["tasks"], seed_list))
+    if check_only or not table_only:
+        methods = protocol["methods"] if check_only else protocol["methods"][index::count]
+        plan = init_order(plan_runs(overrides, methods, protocol["tasks"], seed_list))
+        for cfg in plan:  # every run's data and folders before the first run (and its skip lookup)
+            preflight.check_run(cfg)
+        if check_only:
+            return []
         keys = {(method_label(c), c["seed"], c["task"]["name"]): run_key(c) for c in plan}
         for number, cfg in enumerate(plan, 1):
             log.info("[%d/%d] %s %s seed %d", number, len(plan), cfg["task"]["name"], method_label(cfg), cfg["seed"])

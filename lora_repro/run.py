@@ -1,6 +1,6 @@
 """One run, config to record: skip it if the store has it (made from the same data: `reusable`), build the
 model, apply the method, start from a source run's weights if asked, train, save the method-only weights,
-write one record.
+write one record (a failed one, with its reason, when the loss became NaN or inf).
 
 The config comes resolved and validated (`config.resolve`); side effects (weights, record, wandb,
 resume state, the NLG test decode) happen only on the process that owns the run (rank 0 under
@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import torch
 
-from lora_repro import checkpoints, provenance
+from lora_repro import checkpoints, preflight, provenance
 from lora_repro.config import ConfigError, device_for, method_label
 from lora_repro.distributed import is_rank_zero, setup, wait_for_rank_zero
 from lora_repro.io import clean_stale_temps
@@ -27,7 +28,7 @@ from lora_repro.store import RunStore, new_record, run_key
 from lora_repro.tasks import family
 from lora_repro.tasks.base import TaskFamily
 from lora_repro.tracking import make_tracker
-from lora_repro.train import autocast, train_config, train_loop
+from lora_repro.train import NonFiniteLoss, autocast, train_config, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,13 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     """Run one resolved config and return its record (the stored one if it already ran).
 
     `init_key`: the key of the run named by `train.init_from_task` (`config.init_source_key`);
-    without it the latest matching run on that task is used, with a warning.
+    without it the latest matching run on that task is used, with a warning. The machine's side
+    (folders, data, hub) is checked first (`preflight.check_run`), before anything is written or the
+    store is asked. A stored failed run is trained again; a NaN or inf loss ends the run with a failed
+    record that says why (`reason`).
     """
     store = store or RunStore()
+    preflight.check_run(cfg)
     key, experiment = run_key(cfg), cfg["experiment_name"]
     for folder in (checkpoints.weights_path(experiment, key).parent, cache_dir() / cfg["task"]["kind"]):
         clean_stale_temps(folder)  # what killed writes of weights and tokenised data left (the store's: RunStore)
@@ -97,13 +102,15 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     replace = bool(cfg["force"])
     if store.exists(experiment, key) and not replace:
         stored = store.read(experiment, key)
-        if reusable(stored, inputs, cfg, f"{experiment}/{key}"):
+        if stored["status"] != "completed":
+            log.warning("rerun: %s/%s is stored as %s (%s)", experiment, key, stored["status"], stored.get("reason"))
+        elif reusable(stored, inputs, cfg, f"{experiment}/{key}"):
             log.info("skip: %s/%s already in the store (force=true to rerun)", experiment, key)
             if is_rank_zero():  # killed between writing the record and deleting its resume state
                 resume_path(experiment, key).unlink(missing_ok=True)
             return stored
         replace = True
-    train_cfg, task_cfg = train_config(cfg["train"]), cfg["task"]
+    train_cfg = train_config(cfg["train"])
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     device = setup(device_for(train_cfg.device))
@@ -113,12 +120,21 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     init_path = checkpoints.init_from_task(model, cfg, store, init_key) if train_cfg.init_from_task else None
     model.to(device)
     params = count_params(model, handle.spec)
+    params = {"trainable": params["trainable_params"], "trainable_with_head": params["trainable_params_with_head"],
+              "total": params["total_params"]}
     data = tasks.prepare(cfg, loaded.tokenizer, handle, device)
     tracker = make_tracker(cfg if is_rank_zero() else {"logger": {"name": "none"}}, key)
     tracker.log_params(params)
     checkpointer = Checkpointer(resume_path(experiment, key), train_cfg.checkpoint_every, write=is_rank_zero())
-    state, measured = train_loop(model, handle, data, train_cfg, device, on_epoch=tracker.log_epoch,
-                                 checkpointer=checkpointer)
+    written = {"params": params, "data": inputs}
+    try:
+        state, measured = train_loop(model, handle, data, train_cfg, device, on_epoch=tracker.log_epoch,
+                                     checkpointer=checkpointer)
+    except NonFiniteLoss as err:
+        log.error("run %s/%s failed: %s", experiment, key, err)
+        failed = {"epochs": err.history, "best": {}, "best_epoch": None, "timing": {"steps": err.step},
+                  "memory": {}, "checkpoint": {"init_from": init_path}}
+        return finish(cfg, (store, tracker, checkpointer), {**written, **failed}, replace, "failed", str(err))
     best = dict(state.best or {})
     if state.best_weights is not None:
         load_method_state_dict(model, state.best_weights)
@@ -129,12 +145,20 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     if train_cfg.save_weights and state.best_weights is not None and is_rank_zero():
         checkpoint.update(checkpoints.save_method_weights(state.best_weights, experiment, key))
     measured["timing"]["wall_s"] = round(time.perf_counter() - started, 3)
+    outcome = {"epochs": state.history, "best": best, "best_epoch": state.best_epoch, "timing": measured["timing"],
+               "memory": measured["memory"], "checkpoint": checkpoint}
+    return finish(cfg, (store, tracker, checkpointer), {**written, **outcome}, replace, "completed")
+
+
+def finish(cfg: dict, sinks: tuple[RunStore, Any, Checkpointer], fields: dict, replace: bool, status: str,
+           reason: str | None = None) -> dict:
+    """The run's record (completed or failed) from its `fields`, written by rank 0, then its resume state
+    deleted (a failed run's too: its rerun starts over); `replace`: a stored record of this key is
+    superseded (forced, stale, or a failed run trained again). `sinks`: the store, tracker, checkpointer."""
+    store, tracker, checkpointer = sinks
     record = new_record(
-        cfg, experiment=experiment, task=task_cfg["name"], model=cfg["model"]["name"], method=method_label(cfg),
-        seed=int(cfg["seed"]), scale=cfg["scale"], epochs=state.history, best=best, best_epoch=state.best_epoch,
-        params={"trainable": params["trainable_params"], "trainable_with_head": params["trainable_params_with_head"],
-                "total": params["total_params"]},
-        timing=measured["timing"], memory=measured["memory"], checkpoint=checkpoint, status="completed", data=inputs,
+        cfg, experiment=cfg["experiment_name"], task=cfg["task"]["name"], model=cfg["model"]["name"],
+        method=method_label(cfg), seed=int(cfg["seed"]), scale=cfg["scale"], status=status, reason=reason, **fields,
     )
     if is_rank_zero():
         store.write(record, force=replace)

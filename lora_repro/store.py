@@ -44,6 +44,9 @@ data                dict         ``provenance.data_fingerprint``: the data root,
 previous_keys       list[str]    keys this record was stored under before a migration
                                  (``lora_repro/migrations``); ``RunStore.exists``/``read``
                                  find the record by them too
+reason              str          why a ``failed`` run stopped (e.g. a NaN loss at step 12);
+                                 tables read completed records only, and the next run of a
+                                 failed record's config trains it again
 ==================  ===========  ==========================================================
 
 ``env.code`` (``provenance.code_fingerprint``) names the code that made a record; ``checkpoint.sha256``
@@ -113,7 +116,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "env": dict,
     "status": str,
 }
-_OPTIONAL_FIELD_TYPES: dict[str, type] = {"data": dict, "previous_keys": list}
+_OPTIONAL_FIELD_TYPES: dict[str, type] = {"data": dict, "previous_keys": list, "reason": str}
 _PARAM_FIELDS = ("trainable", "trainable_with_head", "total")
 # What each adapter preset ran before `placement` existed (the suite's first Lin and Pfeiffer wrapped the FFN output
 # projection). The published sites came later (ffn_add_norm, block_out): configs holding them hash their placement.
@@ -211,9 +214,10 @@ def new_record(
     status: str,
     env: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """A validated record with ``schema_version``, ``key``, ``created_at`` and ``env`` filled in
-    (``data``: the run's data fingerprint, left out when None)."""
+    (``data``: the run's data fingerprint, ``reason``: why a failed run stopped; each left out when None)."""
     record = {
         "schema_version": SCHEMA_VERSION,
         "key": run_key(config),
@@ -235,6 +239,7 @@ def new_record(
         "env": env_info() if env is None else env,
         "status": status,
         **({} if data is None else {"data": data}),
+        **({"reason": reason} if reason is not None else {}),
     }
     validate_record(record)
     return record

@@ -55,6 +55,24 @@ class TrainState:
     resumed_at: list[int] = field(default_factory=list)  # steps at which a rerun resumed this run
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or inf: the run stops and is recorded as failed (lora_repro.run)."""
+
+    def __init__(self, step: int, loss: float, history: list[dict[str, Any]]) -> None:
+        super().__init__(f"training loss is {loss} at step {step}; lower train.lr, set train.grad_clip, "
+                         "or use train.precision=fp32")
+        self.step, self.loss, self.history = step, loss, history
+
+
+def check_finite(state: TrainState) -> None:
+    """Stop on a NaN/inf loss. Checked where the loss is read back anyway (the logging interval, a
+    checkpoint, the epoch's end), not per step: a sync per step would slow the hot path, and a NaN stays
+    in the epoch's sum. Before a checkpoint, so a resumed run never starts from NaN weights."""
+    mean = state.epoch_loss.item() / max(1, state.epoch_batches)
+    if not math.isfinite(mean):
+        raise NonFiniteLoss(state.step, mean, state.history)
+
+
 def train_config(train_cfg: TrainConfig | Mapping) -> TrainConfig:
     """A train config as its typed object; a dict names only what differs from the schema's defaults."""
     return train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig(**train_cfg)
@@ -196,14 +214,17 @@ class Stepper:
         for batch in bar:
             self.step(state, move(self.method.prepare_batch(batch), self.device))
             if state.step % LOG_EVERY == 0:
+                check_finite(state)
                 bar.set_postfix(loss=f"{state.epoch_loss.item() / state.epoch_batches:.4f}")
             if self.checkpointer and self.checkpointer.due(state.step):
+                check_finite(state)
                 state.train_s += time.perf_counter() - started
                 started = time.perf_counter()
                 self.checkpointer.save(state, self.scaler)
             if state.step >= total:
                 break
         state.train_s += time.perf_counter() - started
+        check_finite(state)
 
     def step(self, state: TrainState, batch: dict) -> None:
         state.samples += batch["input_ids"].shape[0]
