@@ -115,7 +115,7 @@ def test_a_scale_that_contradicts_the_protocol(sandbox, capsys):
 
 def test_a_sweep_is_checked_before_its_first_job(sandbox, capsys):
     one_line_exit(capsys, run_entry.main, ["-m", *SMOKE, "method.r=8,0"], "method.r")
-    one_line_exit(capsys, run_entry.main, ["-m", "+experiment=sweep_rank_glue", "scale=smoke"], "contradicts")
+    one_line_exit(capsys, run_entry.main, ["-m", "+experiment=glue_smoke", "scale=smoke,cpu"], "scale=cpu contradicts")
     sandbox()
 
 
