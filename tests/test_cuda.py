@@ -18,10 +18,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_cuda_timer_uses_events():
+def test_cuda_timer_uses_events(monkeypatch):
+    events = []
+    real_event = torch.cuda.Event
+    monkeypatch.setattr(torch.cuda, "Event", lambda **kw: events.append(kw) or real_event(**kw))
     timer = latency.make_timer(torch.device("cuda"))
     x = torch.randn(256, 256, device="cuda")
-    assert timer(lambda: x @ x) > 0
+    timer(lambda: x @ x)
+    assert events == [{"enable_timing": True}] * 2  # a start and an end event around the call
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
