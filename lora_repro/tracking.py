@@ -82,7 +82,8 @@ class WandbTracker(NoTracker):
         )
 
     def log_params(self, params: dict) -> None:
-        self.run.summary.update(params)
+        """The parameter counts at the start (the record's `params`), so a running run shows them."""
+        self.run.summary.update({f"params/{name}": count for name, count in params.items()})
 
     def log_epoch(self, entry: dict) -> None:
         self.run.log({k: v for k, v in entry.items() if isinstance(v, (int, float))}, step=entry["epoch"])

@@ -181,7 +181,7 @@ def test_wandb_offline_run_holds_the_logged_keys(store_root, tmp_path):
     record = run(cfg, RunStore(store_root))
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
-    keys = ("trainable_params", "best/pearson", "timing/train_s", "memory/peak_rss_bytes", "pearson",
+    keys = ("params/trainable", "best/pearson", "timing/train_s", "memory/peak_rss_bytes", "pearson",
             "train_loss", "default", record["key"][:6])  # "default": the experiment group
     # the offline run's protobuf log holds every key as plain bytes; wandb's service process may still be
     # writing it when finish() returns, so wait (bounded) for the condition rather than read it once

@@ -80,4 +80,4 @@ def test_a_sweep_run_is_one_point_of_its_group(store_root, tmp_path):
     assert config["method"]["r"] == 2  # the swept key is a config column (method.r)
     history, summary = logged_keys(records)
     assert {"train_loss", "pearson"} <= history
-    assert {"trainable_params", "best/pearson", "timing/train_s", "memory/peak_rss_bytes"} <= set(summary)
+    assert {"params/trainable", "best/pearson", "timing/train_s", "memory/peak_rss_bytes"} <= set(summary)
