@@ -33,7 +33,7 @@ def store(tmp_path_factory):
         for cell in ("q", "v", "qv"):  # conf/lora_targets/: r=8 for one type, 4 for two
             tiny_run(root, "+experiment=sweep_targets_glue", f"+lora_targets={cell}")
         for point in ("lora_r1", "lora_r8", "bitfit"):  # conf/budget_point/
-            tiny_run(root, "+experiment=sweep_budget_glue", f"+budget_point={point}")
+            tiny_run(root, "+experiment=sweep_budget_glue", f"budget_point={point}")
         yield root
 
 
@@ -123,3 +123,14 @@ def test_multirun_with_joblib_stores_records_and_a_rerun_trains_nothing(tmp_path
     done = subprocess.run(report, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "results" / "tables" / "sweep_rank_glue.md").is_file()
+
+
+def test_a_rank_table_keeps_its_phi_sections_when_the_weights_are_gone(store, monkeypatch):
+    """The weights are a cache (absent from a fresh clone): a rewrite keeps the φ / Table 7 computed before."""
+    from lora_repro.analysis import lowrank
+
+    paths = write_sweep_report("sweep_rank_glue", store)
+    first = paths["md"].read_text()
+    monkeypatch.setattr(lowrank, "missing_weights", lambda sweep, root: ["a-run-key"])
+    write_sweep_report("sweep_rank_glue", store)
+    assert lowrank.SECTIONS_START in first and paths["md"].read_text() == first

@@ -182,12 +182,15 @@ def analyse(sweep: Sweep, out_dir: Path, root: str | Path | None = None, low_r: 
     return report
 
 
+SECTIONS_START = "## ΔW against W"  # where the weight-based sections of a rank sweep's table begin
+
+
 def markdown(report: LowRankReport) -> str:
     """The φ summary and Table 7 analogue as markdown, under the sweep table."""
     amp = report.amplification.rename(columns={"proj_delta": "‖UᵀWVᵀ‖ (ΔW)", "proj_W": "‖UᵀWVᵀ‖ (W)",
                                                "proj_random": "‖UᵀWVᵀ‖ (random)", "delta_norm": "‖ΔW‖_F",
                                                "W_norm": "‖W‖_F"})
-    lines = ["## ΔW against W (Table 7 analogue; paper: 21.5 at r=4, 1.9 at r=64)", "",
+    lines = [SECTIONS_START + " (Table 7 analogue; paper: 21.5 at r=4, 1.9 at r=64)", "",
              amp.round(4).to_markdown(index=False), "",
              "## Subspace similarity φ of the A matrices (Figures 3, 4, 6, 7 analogue)", "",
              report.phi_summary.to_markdown(index=False, floatfmt=".3f"), ""]

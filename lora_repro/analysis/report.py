@@ -25,6 +25,7 @@ def write_sweep_report(name: str, root: str | Path | None = None, metric: str | 
     base = Path(root) if root is not None else results_dir()
     sweep = load_sweep(name, root, metric)
     tables_dir, figures_dir = base / "tables", base / "figures"
+    earlier = _lowrank_sections(tables_dir / f"{sweep.stem}.md")
     paths = write_tables(sweep, tables_dir)
     figures = {sweep.kind: plots.sweep_figure(sweep, figures_dir)}
     frames = {"points": sweep.points}
@@ -38,8 +39,10 @@ def write_sweep_report(name: str, root: str | Path | None = None, metric: str | 
         frames.update({"table7": report.amplification, "phi": report.phi_summary})
         numbers = lowrank.summary_numbers(report)
     elif sweep.kind == "rank":
-        log.info("%s: %d runs have no saved weights on disk (e.g. %s), so no φ or Table 7", name, len(missing),
-                 missing[0])
+        log.info("%s: %d runs have no saved weights on disk (e.g. %s): φ and Table 7 are not recomputed; the "
+                 "table keeps the ones computed from them before", name, len(missing), missing[0])
+        if earlier:
+            atomic_write_text(paths["md"], markdown(sweep) + "\n" + earlier)
     paths.update({f"figure_{key}": path for key, path in figures.items()})
     if wandb_logger is not None:
         from lora_repro.tracking import log_report
@@ -48,3 +51,10 @@ def write_sweep_report(name: str, root: str | Path | None = None, metric: str | 
                                         logger=wandb_logger)
     return paths
 
+
+def _lowrank_sections(table: Path) -> str:
+    """The φ / Table 7 sections of a rank sweep's existing table (computed from the saved weights), kept
+    when a rewrite cannot recompute them: the weights are a cache, absent from a fresh clone."""
+    text = table.read_text(encoding="utf-8") if table.is_file() else ""
+    start = text.find(lowrank.SECTIONS_START)
+    return text[start:] if start >= 0 else ""
