@@ -63,7 +63,7 @@ def test_a_skip_needs_the_same_data_and_force_replaces_the_record(store_root, tm
     assert first["data"]["root"] == str(root.resolve())
     assert run(cfg, store) == first  # the same data: skipped
     train = root / "glue" / "SST-2" / "train.tsv"
-    train.write_text("".join(train.read_text().splitlines(keepends=True)[:11]))  # cut to 10 rows
+    train.write_text("".join(train.read_text().splitlines(keepends=True)[:101]))  # cut to 100 rows (>= the subset)
     with pytest.raises(DataMismatchError) as err:
         run(cfg, store)
     message = str(err.value)
