@@ -2,9 +2,9 @@
 
 φ(A, B, i, j) = ||U_A^i^T U_B^j||_F^2 / min(i, j), where U_X^i holds the top-i *right*-singular
 vectors of X (A has shape (r, d_in), so these live in R^d_in and matrices of different r compare;
-LORA_PAPER.md §1.9 explains why the right, not the left, vectors). φ is 1 when one span contains
-the other and 0 when they are orthogonal; two random i- and j-dimensional subspaces of R^d give
-about max(i, j) / d.
+docs/paper_reference.md, "Subspace similarity", explains why the right, not the left, vectors).
+φ is 1 when one span contains the other and 0 when they are orthogonal; two random i- and
+j-dimensional subspaces of R^d give about max(i, j) / d.
 
 The A matrices come from a run's method-only safetensors (trained) or from re-applying the method
 to the model with the run's seed (initial): the initial A of two runs that share a seed share their

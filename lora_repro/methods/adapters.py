@@ -1,8 +1,9 @@
 """Bottleneck adapters: Houlsby (H), Lin (L), Pfeiffer (P) and AdapterDrop (D).
 
 Written here because PEFT has no bottleneck adapters and AdapterHub's `adapters` pins transformers 4.57
-(LORA_PAPER.md §3.5). Every variant is one module: f(u) = W_up act(W_down norm(u)) (norm: the adapter's own
-LayerNorm, Lin's only; identity otherwise) added to a residual r, Adapter(u, r) = r + f(u). W_up starts at
+(docs/paper_reference.md, "Adapters"). Every variant is one module: f(u) = W_up act(W_down norm(u))
+(norm: the adapter's own LayerNorm,
+Lin's only; identity otherwise) added to a residual r, Adapter(u, r) = r + f(u). W_up starts at
 zero, so an adapted model starts as its base model. The variants differ in where u and r come from
 (`method.placement`; the presets in conf/method/adapter_*.yaml hold each variant's values). In a block, x is
 a sublayer's input, h its output projection's output (after the model's dropout for ffn_add_norm, before it
