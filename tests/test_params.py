@@ -1,4 +1,4 @@
-"""Trainable-parameter counts against the paper's formulas (LORA_PAPER.md §1.11) and its acceptance numbers.
+"""Trainable-parameter counts against the paper's formulas (docs/paper_reference.md) and its acceptance numbers.
 
 LoRA |Θ| = 2 L̂ d r; adapters L̂ (2 d r + r + d) + 2 L̂_LN d; PreEmbed d (l_p + l_i); PreLayer
 L d (l_p + l_i). `trainable_params` excludes the task head (the paper's convention),
@@ -129,7 +129,7 @@ def test_tied_weights_count_once():
 # --- paper shapes (meta device) -------------------------------------------------------------------
 
 
-LORA_ACCEPTANCE = [  # LORA_PAPER.md §1.11, recomputed column
+LORA_ACCEPTANCE = [  # docs/paper_reference.md, the recomputed counts
     ("roberta_base", 8, "seq_cls", 294_912),
     ("roberta_large", 8, "seq_cls", 786_432),
     ("deberta_v2_xxlarge", 16, "seq_cls", 4_718_592),
@@ -153,7 +153,7 @@ def test_lora_acceptance_numbers(model, r, kind, want):
 
 def test_roberta_base_head_is_counted_with_head_only():
     counts = count_configuration("roberta_base", "lora", {"r": 8, "targets": ["q", "v"]}, "seq_cls")
-    head = (768 * 768 + 768) + (768 * 2 + 2)  # ≈ 0.59M (LORA_PAPER.md §1.11)
+    head = (768 * 768 + 768) + (768 * 2 + 2)  # ≈ 0.59M (docs/paper_reference.md)
     assert counts["trainable_params_with_head"] - counts["trainable_params"] == head
 
 
