@@ -107,6 +107,12 @@ def test_placement_matches_the_published_equations(family, variant):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("preset, variant", [("adapter_h", "houlsby"), ("adapter_p", "pfeiffer"), ("adapter_l", "lin")])
+def test_presets_are_the_published_variants(preset, variant):
+    values = group_option("method", preset)
+    assert {key: values[key] for key in PUBLISHED[variant]} == PUBLISHED[variant]
+
+
 def test_pfeiffer_differs_from_an_adapter_on_the_raw_ffn_output():
     """The published placement is a different function from the suite's first Pfeiffer (placement ffn_out)."""
     base = tiny("roberta").model.eval()

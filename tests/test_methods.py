@@ -144,8 +144,8 @@ def test_exactly_the_intended_parameters_get_gradients(family, method):
 
 ADAPTER_PLACES = {
     "adapter_h": (("attn_out", "ffn_out"), 0),
-    "adapter_l": (("ffn_out",), 0),
-    "adapter_p": (("ffn_out",), 0),
+    "adapter_l": (("block_out",), 0),
+    "adapter_p": (("ffn_add_norm",), 0),
     "adapter_d": (("attn_out", "ffn_out"), 1),
 }
 
