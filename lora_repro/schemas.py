@@ -72,6 +72,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch threads (null: torch's default)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast; CPU with AVX512-BF16 or CUDA) | fp16 (CUDA, grad scaler)
+    compile: bool = False  # torch.compile the training forward (evaluation and decoding stay eager)
     save_weights: bool = True  # save the method-only state dict next to the record's key
     init_from_task: str | None = None  # e.g. mnli: start the method weights from that task's run
     checkpoint_every: int | None = None  # resume state every N optimizer steps (null/0: off); not in the run key

@@ -195,7 +195,10 @@ class Stepper:
                  device: torch.device, checkpointer: Checkpointer | None) -> None:
         self.model, self.method, self.data, self.cfg, self.device = model, method, data, train_cfg, device
         self.checkpointer = checkpointer
-        self.loss = distributed.loss_fn(model, data.loss, device)
+        # train.compile: only the training loss (forward included) is compiled; evaluation and decoding stay
+        # eager (their shapes change at every batch). The model and its parameters are the same objects.
+        loss = distributed.loss_fn(model, data.loss, device)
+        self.loss = torch.compile(loss) if train_cfg.compile else loss
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.amp = autocast(train_cfg, device)  # built once: the step loop only enters it
         self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")

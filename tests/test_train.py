@@ -142,3 +142,29 @@ def test_gradient_clipping_clips_the_gradient_the_optimizer_sees():
     for clip, grad in ((0.0, -200.0), (0.5, -0.5)):
         model, state, _ = _loop(_toy_data(1), grad_clip=clip, epochs=1)
         assert state.optimizer.state[model.w]["exp_avg"].item() == pytest.approx(0.1 * grad)
+
+
+def _lora_llama_steps(compile_model: bool) -> dict[str, torch.Tensor]:
+    """Four optimizer steps of LoRA on tiny Llama (dropout off), the trained LoRA weights back."""
+    torch.manual_seed(0)
+    model = tiny("llama").model
+    model.config.attention_dropout = 0.0
+    handle = apply_method(model, group_option("method", "lora"))
+    ids = torch.randint(3, 200, (4, 2, 12))
+    batches = [{"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row} for row in ids]
+    data = TaskData(batches, len(batches), lambda m, batch: causal_lm_loss(m, dict(batch), 0.0),
+                    lambda m: {"loss": 0.0}, "loss", maximize=False)
+    cfg = {"lr": 1e-2, "epochs": 1, "warmup_ratio": 0.0, "compile": compile_model}
+    train_loop(model, handle, data, cfg, torch.device("cpu"))
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.slow
+def test_train_compile_trains_the_same_weights_through_a_compiled_forward():
+    torch._dynamo.reset()
+    eager = _lora_llama_steps(False)
+    compiled = _lora_llama_steps(True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the forward really went through dynamo
+    assert eager.keys() == compiled.keys()
+    for name, weight in eager.items():
+        torch.testing.assert_close(compiled[name], weight, rtol=1e-3, atol=1e-5, msg=name)
