@@ -81,7 +81,7 @@ ifeq ($(origin LAUNCHER),command line)
 	$(PYTHON) -m experiments.reproduce_sweep -m +experiment=$(call experiment,$*) $(if $(SEEDS),+seeds=$(SEEDS),) \
 	  +shard=$(shell seq -s, -f '%g/$(JOBS)' 0 $$(($(JOBS) - 1))) hydra/launcher=$(LAUNCHER) $(LAUNCH_ARGS) $(ARGS)
 else
-	@set -e; pids=; trap 'kill $$pids 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	@set -e; pids=; trap 'kill $$pids 2>/dev/null || :' EXIT; trap 'exit 130' INT TERM; \
 	for i in $$(seq 0 $$(($(JOBS) - 1))); do \
 	  $(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --shard $$i/$(JOBS) $(ARGS) & \
 	  pids="$$pids $$!"; done; for p in $$pids; do wait $$p; done

@@ -73,6 +73,25 @@ def test_ctrl_c_on_make_stops_every_process_it_started(target, tmp_path):
     assert not list((tmp_path / "results").rglob("*.json"))
 
 
+
+@pytest.mark.parametrize("failing_shard, code", [(None, 0), ("1/2", 2)])
+def test_make_reproduce_exits_with_its_shards_status_and_writes_the_table_only_after_success(
+        tmp_path, failing_shard, code):
+    """Every shard succeeding: make exits 0 and writes the table; one failing: make fails, no table call.
+    (The Ctrl-C trap's `kill` of already finished shards must not turn a success into exit 1.)"""
+    calls = tmp_path / "calls.log"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                    f'case "$*" in *"--shard {failing_shard}"*) exit 3;; esac\nexit 0\n')
+    fake.chmod(0o755)
+    done = subprocess.run(["make", "--no-print-directory", "reproduce-glue", "JOBS=2", f"PYTHON={fake}", "STAMP="],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    called = calls.read_text().splitlines()
+    assert sum("--shard" in line for line in called) == 2
+    assert (done.returncode == 0) == (code == 0), done.stderr
+    assert any("--table-only" in line for line in called) == (code == 0)
+
+
 # 61 rows in batches of 8: the last batch (5 rows) splits 3 + 2, so the loss weighting matters;
 # tiny_llama has no dropout, so one process and two see the same numbers up to float reassociation
 DDP_RUN = ["task=stsb", "model=tiny_llama", "method=lora", "train.lr=1e-2", "train.train_subset=61", "train.epochs=2",
