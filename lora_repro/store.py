@@ -330,7 +330,10 @@ class RunStore:
         return None
 
     def exists(self, experiment: str, key: str) -> bool:
-        return self.stored_path(experiment, key) is not None
+        """Whether the run of the config keyed ``key`` is stored: ``<key>.json`` only. A migrated record's
+        previous key does not count: the config once stored under it said something the run did not do,
+        so a config that now means it must train (``read`` still follows the old key, for references)."""
+        return self.path(experiment, key).is_file()
 
     def write(self, record: dict[str, Any], force: bool = False) -> Path:
         """Store ``record`` atomically; raise RecordExistsError if its key is taken, unless force.
