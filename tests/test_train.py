@@ -4,6 +4,7 @@ linear schedule, max_steps, no-decay groups, gradient clipping."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -147,8 +148,7 @@ def test_gradient_clipping_clips_the_gradient_the_optimizer_sees():
 def _lora_llama_steps(compile_model: bool) -> dict[str, torch.Tensor]:
     """Four optimizer steps of LoRA on tiny Llama (dropout off), the trained LoRA weights back."""
     torch.manual_seed(0)
-    model = tiny("llama").model
-    model.config.attention_dropout = 0.0
+    model = tiny("llama").model  # no dropout anywhere: the two runs see the same function
     handle = apply_method(model, group_option("method", "lora"))
     ids = torch.randint(3, 200, (4, 2, 12))
     batches = [{"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row} for row in ids]
@@ -160,6 +160,8 @@ def _lora_llama_steps(compile_model: bool) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
 def test_train_compile_trains_the_same_weights_through_a_compiled_forward():
     torch._dynamo.reset()
     eager = _lora_llama_steps(False)

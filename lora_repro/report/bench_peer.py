@@ -24,7 +24,8 @@ LABELS = {
     "equal": "like for like: identical padded batches, fp32, torch AdamW, same threads",
     "default": "as users run them: each framework's defaults (ours groups batches by length, Trainer samples "
                "at random)",
-    "best": "each at its best: bf16 autocast, length grouping (torch.compile as the settings column says)",
+    "best": "each at its best: bf16 autocast, length grouping (torch.compile only where the settings column "
+            "says compiled)",
 }
 
 
