@@ -68,9 +68,9 @@ reproduce-glue: $(STAMP)  ## GLUE table (SCALE=cpu|smoke|paper, PROTOCOL=roberta
 reproduce-e2e: $(STAMP)  ## E2E table (SCALE=cpu|smoke|paper, PROTOCOL=gpt2_medium for paper)
 reproduce-webnlg: $(STAMP)  ## WebNLG table (as reproduce-e2e)
 reproduce-dart: $(STAMP)  ## DART table (as reproduce-e2e)
-# E2E and WebNLG run one job of 2 threads (their protocols' num_threads): SmolLM2 LoRA measured 1.7 s/step
+# E2E, WebNLG and DART run one job of 2 threads (their protocols' num_threads): SmolLM2 LoRA measured 1.7 s/step
 # there vs 3.5 s/step for each of two side-by-side 1-thread jobs (records in results/runs/e2e_cpu)
-reproduce-e2e reproduce-webnlg: JOBS = 1
+reproduce-e2e reproduce-webnlg reproduce-dart: JOBS = 1
 # The shards run in the background, where a non-interactive shell makes them ignore Ctrl-C (SIGINT):
 # the traps stop them (SIGTERM) when make is interrupted or terminated, or when one shard fails.
 # LAUNCHER=<conf/hydra/launcher option> on the command line: the JOBS shards run as one Hydra multirun on
