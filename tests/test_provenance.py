@@ -145,8 +145,8 @@ def test_the_nlg_migration_moves_ungrouped_records_to_their_true_key(store_root)
 
 @pytest.mark.parametrize("experiment", ["e2e_cpu", "webnlg_cpu", "dart_cpu"])
 def test_the_migrated_records_say_they_were_trained_in_shuffled_order(experiment):
-    """The migrated records keep keys that say group_by_length false; a protocol that still says false
-    (dart_cpu) finds its LoRA record, one that groups (e2e_cpu, webnlg_cpu) trains anew."""
+    """The migrated records keep keys that say group_by_length false; a protocol that still said false
+    would find its LoRA record, one that groups (today all three) trains anew."""
     store = RunStore(REPO_ROOT / "results")
     migrated = [record for record in store.records(experiment) if "previous_keys" in record]
     assert migrated and all(record["config"]["train"]["group_by_length"] is False for record in migrated)
