@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_", "norm.weight")
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused AdamW kernel for our weights
 LOG_EVERY = 50
 
 
@@ -79,13 +80,19 @@ def train_config(train_cfg: TrainConfig | Mapping) -> TrainConfig:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; no decay on biases and norms (as HF Trainer, used by the paper's NLU code)."""
+    """AdamW over trainable parameters; no decay on biases and norms (as HF Trainer, used by the paper's NLU code).
+
+    Fused (one kernel per tensor, as Trainer's default `adamw_torch_fused`): on CPU torch's default is its
+    for-loop, and `make bench-optimizer` measured the fused step at 0.19x its time for E2E full
+    fine-tuning (75 vs 398 ms, 2 threads) and 0.13x for GLUE's (16 vs 119 ms, 1 thread).
+    """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if any(k in name for k in NO_DECAY) else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps)
+    fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in decay + no_decay)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,

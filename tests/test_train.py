@@ -107,6 +107,12 @@ def test_no_decay_on_biases_and_norms():
     assert {names[id(p)] for p in plain["params"]} == no_decay
 
 
+def test_adamw_runs_torchs_fused_kernel_on_cpu():
+    """torch's CPU default is its for-loop (`make bench-optimizer` compares the two)."""
+    optimizer = build_optimizer(tiny("bert").model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8)
+    assert optimizer.defaults["fused"] is True and not optimizer.defaults["foreach"]
+
+
 class _Regression(nn.Module):
     """y = w x: one weight, a loss we can reason about."""
 

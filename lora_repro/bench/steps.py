@@ -24,7 +24,8 @@ PROFILE_GROUPS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
     "dropout RNG": ("aten::bernoulli_",),
     "optimizer": ("aten::_foreach_add_", "aten::_foreach_mul_", "aten::addcdiv_", "aten::addcmul_", "aten::lerp_",
-                  "aten::sqrt", "aten::_foreach_sqrt", "aten::_foreach_addcdiv_", "aten::_foreach_lerp_"),
+                  "aten::sqrt", "aten::_foreach_sqrt", "aten::_foreach_addcdiv_", "aten::_foreach_lerp_",
+                  "aten::_fused_adamw_"),
     "softmax / layer norm / GELU": ("aten::_softmax", "aten::_softmax_backward_data", "aten::native_layer_norm",
                                     "aten::native_layer_norm_backward", "aten::gelu", "aten::gelu_backward"),
 }
