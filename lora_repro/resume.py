@@ -85,7 +85,7 @@ class Checkpointer:
             log.warning("ignoring %s: resume format %s, this code reads %s", self.path, payload.get("format"), FORMAT)
             return None
         load_method_state_dict(state.model, payload["weights"])
-        state.optimizer.load_state_dict(payload["optimizer"])
+        load_optimizer_state(state.optimizer, payload["optimizer"])
         state.scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
         for name, value in payload["loop"].items():
@@ -104,5 +104,27 @@ class Checkpointer:
 
 
 # TrainState fields saved besides the model, optimizer and scheduler.
+KERNEL_OPTIONS = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """`optimizer.load_state_dict(saved)`, keeping the kernel this code chose (fused / foreach).
+
+    torch takes every group option from the saved state, so a state saved before AdamW was fused
+    would turn the fused kernel off for the rest of the run; a fused kernel wants its step counts
+    on the weights' device, where torch leaves them on the CPU for an unfused group.
+    """
+    kernels = [{name: group.get(name) for name in KERNEL_OPTIONS} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, kept in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kept)
+        if not kept.get("fused"):
+            continue
+        for param in group["params"]:
+            moments = optimizer.state.get(param, {})
+            if "step" in moments:
+                moments["step"] = moments["step"].to(param.device, torch.float32)
+
+
 LOOP_FIELDS = ("step", "epoch", "epoch_batches", "epoch_loss", "history", "best", "best_epoch", "best_weights",
                "samples", "tokens", "train_s", "eval_s", "resumed_at")

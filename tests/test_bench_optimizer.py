@@ -11,6 +11,5 @@ def test_fused_and_for_loop_adamw_reach_the_same_weights(capsys):
     assert re.search(r"full: [\d,]+ trainable weights in \d+ tensors, 1 threads, 3 paired rounds", out)
     assert re.search(r"for-loop\s+median step", out) and re.search(r"fused\s+median step", out)
     pattern = r"fused / for-loop: ([\d.]+) \[([\d.]+), ([\d.]+)\]; largest weight difference after 4 steps: (\S+)"
-    ratio, low, high, drift = re.search(pattern, out).groups()
-    assert float(low) <= float(ratio) <= float(high)
+    drift = re.search(pattern, out).group(4)
     assert float(drift) < 1e-6  # rounding only: each step moves a weight by up to lr = 5e-4

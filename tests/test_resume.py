@@ -11,13 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import tiny
 
 from lora_repro.config import resolve_overrides
 from lora_repro.paths import CACHE_ENV, REPO_ROOT
-from lora_repro.resume import resume_path
+from lora_repro.resume import load_optimizer_state, resume_path
 from lora_repro.run import run
 from lora_repro.store import RunStore, run_key
-from lora_repro.train import Stepper
+from lora_repro.train import Stepper, build_optimizer
 
 # tiny_bert has dropout, so equality also needs the RNG states restored; 64 rows / batch 8 = 8 steps an epoch
 COMMON = ["task=stsb", "model=tiny_bert", "method=lora", "train.epochs=2", "train.num_threads=1",
@@ -145,3 +147,20 @@ def test_a_sigkilled_run_rerun_with_the_same_command_ends_with_identical_metrics
 
 def test_resume_state_lives_beside_the_weights(cache):
     assert resume_path("e", "0123456789abcdef") == Path(cache) / "weights" / "e" / "0123456789abcdef.resume.pt"
+
+
+def test_an_optimizer_state_saved_unfused_resumes_on_the_fused_kernel():
+    """A resume state written before AdamW was fused must not switch the kernel back to the for-loop."""
+    model = tiny("bert").model
+    for param in model.parameters():
+        param.grad = torch.full_like(param, 0.1)
+    first = build_optimizer(model, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+    first.step()
+    saved = first.state_dict()
+    for group in saved["param_groups"]:  # as the code before the fused optimizer saved it
+        group["fused"] = None
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+    load_optimizer_state(optimizer, saved)
+    assert all(group["fused"] is True for group in optimizer.param_groups)
+    optimizer.step()  # the fused kernel accepts the restored moments and step counts
+    assert all(optimizer.state[p]["step"].item() == 2 for p in model.parameters() if p.requires_grad)

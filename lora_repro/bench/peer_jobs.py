@@ -160,13 +160,14 @@ def job_ours(spec: JobSpec, setting: str) -> dict[str, Any]:
                  "grad_clip": spec.grad_clip, "label_smoothing": 0.0,
                  "precision": "bf16" if setting == "best" else "fp32"}
     data = TaskData(Timed(), len(batches), classifier_loss, lambda m: {"none": 0.0}, "none")
-    _, measured = train_loop(model, handle, data, train_cfg, torch.device("cpu"))
+    state, measured = train_loop(model, handle, data, train_cfg, torch.device("cpu"))
     window.step(spec.steps)
     clock.stamp()  # train_loop stops after `steps` without asking for another batch: close the last step
     return {**clock.stats(spec.steps, spec.skip), **window.result(),
             "trainable_params": count_params(model)["trainable_params_with_head"],
             "train_peak_rss_bytes": measured["memory"]["peak_rss_bytes"],
-            "optimizer": "torch.optim.adamw.AdamW fused (train.build_optimizer)", "precision": train_cfg["precision"],
+            "optimizer": f"torch.optim.adamw.AdamW (train.build_optimizer, fused={state.optimizer.defaults['fused']})",
+            "precision": train_cfg["precision"],
             "compiled": compiled}
 
 
