@@ -103,7 +103,6 @@ class Checkpointer:
             self.path.unlink(missing_ok=True)
 
 
-# TrainState fields saved besides the model, optimizer and scheduler.
 KERNEL_OPTIONS = ("fused", "foreach")
 
 
@@ -126,5 +125,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]
                 moments["step"] = moments["step"].to(param.device, torch.float32)
 
 
+# TrainState fields saved besides the model, optimizer and scheduler.
 LOOP_FIELDS = ("step", "epoch", "epoch_batches", "epoch_loss", "history", "best", "best_epoch", "best_weights",
                "samples", "tokens", "train_s", "eval_s", "resumed_at")
