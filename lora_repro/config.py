@@ -144,6 +144,7 @@ def validate(cfg: dict) -> None:
     validate_top_level(cfg)
     train = schemas.typed(schemas.TrainConfig, cfg["train"], "train")
     schemas.typed(schemas.GlueTaskConfig if kind == "glue" else schemas.NLGTaskConfig, cfg["task"], "task")
+    schemas.typed(schemas.ModelConfig, cfg["model"], "model")
     method_config(cfg["method"])
     if train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")

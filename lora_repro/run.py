@@ -28,7 +28,7 @@ from lora_repro.store import RunStore, new_record, run_key
 from lora_repro.tasks import family
 from lora_repro.tasks.base import TaskFamily
 from lora_repro.tracking import make_tracker
-from lora_repro.train import NonFiniteLoss, autocast, train_config, train_loop
+from lora_repro.train import NonFiniteLoss, autocast, frozen_weights_cast, train_config, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -127,20 +127,21 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     tracker.log_params(params)
     checkpointer = Checkpointer(resume_path(experiment, key), train_cfg.checkpoint_every, write=is_rank_zero())
     written = {"params": params, "data": inputs}
-    try:
-        state, measured = train_loop(model, handle, data, train_cfg, device, on_epoch=tracker.log_epoch,
-                                     checkpointer=checkpointer)
-    except NonFiniteLoss as err:
-        log.error("run %s/%s failed: %s", experiment, key, err)
-        failed = {"epochs": err.history, "best": {}, "best_epoch": None, "timing": {"steps": err.step},
-                  "memory": {}, "checkpoint": {"init_from": init_path}}
-        return finish(cfg, (store, tracker, checkpointer), {**written, **failed}, replace, "failed", str(err))
-    best = dict(state.best or {})
-    if state.best_weights is not None:
-        load_method_state_dict(model, state.best_weights)
-    if data.finish is not None and is_rank_zero():
-        with autocast(train_cfg, device):
-            best.update(data.finish(model))
+    with frozen_weights_cast(model, train_cfg):
+        try:
+            state, measured = train_loop(model, handle, data, train_cfg, device, on_epoch=tracker.log_epoch,
+                                         checkpointer=checkpointer)
+        except NonFiniteLoss as err:
+            log.error("run %s/%s failed: %s", experiment, key, err)
+            failed = {"epochs": err.history, "best": {}, "best_epoch": None, "timing": {"steps": err.step},
+                      "memory": {}, "checkpoint": {"init_from": init_path}}
+            return finish(cfg, (store, tracker, checkpointer), {**written, **failed}, replace, "failed", str(err))
+        best = dict(state.best or {})
+        if state.best_weights is not None:
+            load_method_state_dict(model, state.best_weights)
+        if data.finish is not None and is_rank_zero():
+            with autocast(train_cfg, device):
+                best.update(data.finish(model))
     checkpoint = {"bytes": checkpoints.state_bytes(state.best_weights), "init_from": init_path}
     if train_cfg.save_weights and state.best_weights is not None and is_rank_zero():
         checkpoint.update(checkpoints.save_method_weights(state.best_weights, experiment, key))

