@@ -38,7 +38,7 @@ check_runs = $(eval reproduce_check := $(subst $$,$$$$,$(shell out=$$($(PYTHON) 
   printf '%s' "$${out:-experiments.reproduce --check-only failed}" | tail -n 1)))$(if $(reproduce_check),$(error \
   $(reproduce_check)))
 
-.PHONY: help install lint test test-fast params latency bench-peer bench-optimizer gpu-check clean sweep-rank sweep-targets sweep-budget notebooks  # reproduce-%, table-% and table-sweep-% are pattern rules
+.PHONY: help install lint test test-fast params latency bench-peer bench-optimizer bench-step gpu-check clean sweep-rank sweep-targets sweep-budget notebooks  # reproduce-%, table-% and table-sweep-% are pattern rules
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ bench-peer: $(STAMP)  ## lora-repro vs PEFT + HF Trainer: step time and memory r
 
 bench-optimizer: $(STAMP)  ## AdamW step, torch's CPU for-loop vs fused, on a run's trainable weights (ARGS=overrides)
 	$(PYTHON) -m experiments.bench_optimizer $(ARGS)
+
+bench-step: $(STAMP)  ## a run's training step two ways, paired (ARGS="--compare attention|frozen-cast|compile [overrides]")
+	$(PYTHON) -m experiments.bench_step $(ARGS)
 
 gpu-check: $(STAMP)  ## on a GPU machine: CUDA tests (events, memory stats, fp16/bf16) and the smoke latency grid
 	$(PYTHON) -m pytest -q -rs tests/test_cuda.py

@@ -56,6 +56,7 @@ def test_equal_setting_feeds_both_sides_the_identical_batches(tiny_spec):
     assert ours["batch_digests"] == theirs["batch_digests"] == shared
     assert ours["trainable_params"] == theirs["trainable_params"] == TINY_TRAINABLE
     assert ours["precision"] == theirs["precision"] == "fp32"
+    assert ours["attention"] == theirs["attention"] == "sdpa"  # transformers' default on both sides
     assert "fused=True" in ours["optimizer"] and "adamw_torch_fused" in theirs["optimizer"].lower()
     for result in (ours, theirs):
         assert result["steps_timed"] == len(result["step_s"]) == len(result["cpu_step_s"]) == tiny_spec.steps - 1
@@ -68,6 +69,12 @@ def test_default_setting_uses_each_frameworks_own_batches(tiny_spec):
     shared = [steps.batch_digest(b) for b in torch.load(tiny_spec.batches_path)]
     assert ours["batch_digests"] != shared  # the suite's length-grouped loader, not the shared batches
     assert ours["precision"] == "fp32" and not ours["compiled"]
+
+
+def test_best_setting_runs_both_sides_on_eager_attention_in_bf16(tiny_spec):
+    for job in ("ours_best", "peft_best"):
+        result = peer.run_job(job, tiny_spec)
+        assert (result["attention"], result["precision"]) == ("eager", "bf16"), job
 
 
 def test_unknown_job_names_the_choices(tiny_spec):

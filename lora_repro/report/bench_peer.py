@@ -4,7 +4,7 @@ Three comparisons, each labelled by what it holds equal:
 - like for like (`equal`, the headline): identical padded batches, fp32, torch AdamW, equal threads;
   the paired ratio pairs step i of ours with step i of PEFT in the same round (the same batch);
 - as users run them (`default`): each framework's defaults (different batches and padding);
-- each at its best (`best`): bf16 autocast, length grouping, torch.compile where enabled.
+- each at its best (`best`): bf16 autocast, length grouping, eager attention, torch.compile where enabled.
 Every number, the hardware included, comes from the run's own results.
 """
 
@@ -24,8 +24,8 @@ LABELS = {
     "equal": "like for like: identical padded batches, fp32, torch AdamW, same threads",
     "default": "as users run them: each framework's defaults (ours groups batches by length, Trainer samples "
                "at random)",
-    "best": "each at its best: bf16 autocast, length grouping (torch.compile only where the settings column "
-            "says compiled)",
+    "best": "each at its best: bf16 autocast, length grouping, eager attention (torch.compile only where the "
+            "settings column says compiled)",
 }
 
 
@@ -61,6 +61,7 @@ def compare(results: list[dict], setting: str) -> dict[str, Any] | None:
         out[name] = {"step_ms": 1000 * statistics.fmean(steps[name]), "cpu_ms": 1000 * statistics.fmean(cpu[name]),
                      "padded_tokens": statistics.fmean(r["padded_tokens_per_step"] for r in rows),
                      "precision": rows[0]["precision"], "optimizer": rows[0]["optimizer"],
+                     "attention": rows[0].get("attention", "sdpa"),  # jobs before it was recorded ran sdpa
                      "compiled": rows[0]["compiled"], "trainable": rows[0]["trainable_params"], **_memory(rows)}
     out["step_ratio"] = out["ours"]["step_ms"] / out["peft"]["step_ms"]
     out["cpu_ratio"] = out["ours"]["cpu_ms"] / out["peft"]["cpu_ms"]
@@ -101,7 +102,8 @@ def _step_table(rows: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         o, p, paired = row["ours"], row["peft"], row["paired"]
-        settings = "; ".join(f"{side['precision']}, {side['optimizer']}" + (", compiled" if side["compiled"] else "")
+        settings = "; ".join(f"{side['precision']}, {side['attention']} attention, {side['optimizer']}"
+                             + (", compiled" if side["compiled"] else "")
                              for side in (o, p))
         lines.append(
             f"| {LABELS[row['setting']]} | {o['step_ms']:.1f} | {p['step_ms']:.1f} | **{row['step_ratio']:.3f}** | "
