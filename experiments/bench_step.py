@@ -1,20 +1,21 @@
 """`make bench-step`: one protocol run's training step two ways, paired on the run's own batches.
 
-    python -m experiments.bench_step --compare attention [--steps 30] [--threads 1] [overrides]
+    python -m experiments.bench_step --compare attention [--steps 30] [--threads N] [overrides]
 
 Two copies of the run's model, built as `run.build` builds it (same seed, same method), train side by
 side on the first batches of the run's own loader (its batch size, lengths and grouping), with one fused
 AdamW each. Step i of both sides sees batch i and the same dropout seed; the order alternates, so the
 ratio B / A is paired within a step. What B changes (`--compare`):
 
-- `attention`: transformers' default kernel (sdpa) -> eager (`model.attn_implementation`);
+- `attention`: sdpa -> eager (`model.attn_implementation`); each side prints the kernel it ran;
 - `frozen-cast`: autocast casting frozen weights at every call -> cast once (`train.frozen_weights_cast`);
-  the two sides' losses must agree exactly;
-- `compile`: the eager loss -> `torch.compile`d (`train.compile`); the warm-up steps hold the compiling.
+  the two sides' losses must agree exactly; needs `train.precision` bf16 or fp16;
+- `compile`: the eager loss -> `torch.compile`d (`train.compile`); the first compilation falls in the
+  warm-up steps, a recompilation for a new batch shape may fall in a timed step (the median resists it).
 
-Prints each side's median step and warm-up time, the paired ratio B / A with its 95 % interval, and the
-largest difference between the two sides' losses (a check that B computes what A does). The numbers
-are printed, not stored. A different model or precision: overrides, e.g. `train.precision=fp32`.
+Threads: the run's `train.num_threads` unless `--threads`. Prints each side's median step and warm-up
+time, the paired ratio B / A with its 95 % interval, and the largest difference between the two sides'
+losses (a check that B computes what A does). The numbers are printed, not stored.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from lora_repro.config import resolve_overrides
 from lora_repro.errors import OneLineParser, one_line_errors, positive_int
 from lora_repro.methods import MethodHandle
 from lora_repro.run import build
+from lora_repro.schemas import ConfigError
 from lora_repro.train import autocast, build_optimizer, epoch_batches, frozen_weights_cast, move, train_config
 
-COMPARISONS = {"attention": ("sdpa", "eager"), "frozen-cast": ("cast per call", "cast once"),
+COMPARISONS = {"attention": ("sdpa attention", "eager attention"), "frozen-cast": ("cast per call", "cast once"),
                "compile": ("eager", "compiled")}
 DEFAULT_RUN = ["+experiment=glue_cpu", "task=rte", "method=lora"]
 
@@ -48,7 +50,7 @@ DEFAULT_RUN = ["+experiment=glue_cpu", "task=rte", "method=lora"]
 class Side:
     """One copy of the run's model with what B changes applied; `stack` holds its open contexts."""
 
-    name: str
+    name: str  # what the side runs, e.g. "eager attention"
     model: nn.Module
     handle: MethodHandle
     loss: Callable[[dict], torch.Tensor]
@@ -71,7 +73,20 @@ def build_side(cfg: dict, compare: str, changed: bool, task_loss: Callable) -> S
     if compare == "compile" and changed:
         loss = torch.compile(loss)
     optimizer = build_optimizer(model, train_cfg.lr, train_cfg.weight_decay, train_cfg.adam_betas, train_cfg.adam_eps)
-    return Side(COMPARISONS[compare][int(changed)], model, handle, loss, optimizer, stack)
+    name = COMPARISONS[compare][int(changed)]
+    if compare == "attention":  # the kernel the model reports, not the one asked for
+        name = f"{model.config._attn_implementation} attention"
+    return Side(name, model, handle, loss, optimizer, stack)
+
+
+def run_batches(cfg: dict, count: int) -> tuple[list[dict], Callable]:
+    """The first `count` training batches of the run's own loader (epoch 1's order) and the task's loss.
+
+    Built from a model of its own (the loader needs a tokenizer and method handle), dropped on return.
+    """
+    loaded, handle, tasks = build(cfg)
+    data = tasks.prepare(cfg, loaded.tokenizer, handle, torch.device("cpu"))
+    return list(itertools.islice(epoch_batches(data.train_batches, 0, 0), count)), data.loss
 
 
 def timed_step(side: Side, batch: dict, amp: contextlib.AbstractContextManager, seed: int) -> tuple[float, float]:
@@ -110,25 +125,32 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--compare", choices=sorted(COMPARISONS), required=True)
     parser.add_argument("--steps", type=positive_int, default=30, help="paired steps timed (after the warm-up)")
     parser.add_argument("--warmup", type=positive_int, default=3, help="steps per side before timing")
-    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: the run's train.num_threads)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides naming the run (default: GLUE cpu, RTE, LoRA)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     cfg = resolve_overrides(args.overrides or DEFAULT_RUN)
-    loaded, handle, tasks = build(cfg)
-    data = tasks.prepare(cfg, loaded.tokenizer, handle, torch.device("cpu"))
-    batches = list(itertools.islice(epoch_batches(data.train_batches, 0, 0), args.warmup + args.steps))
-    sides = (build_side(cfg, args.compare, False, data.loss), build_side(cfg, args.compare, True, data.loss))
-    amp = autocast(train_config(cfg["train"]), torch.device("cpu"))
+    train_cfg = train_config(cfg["train"])
+    if args.compare == "frozen-cast" and train_cfg.precision == "fp32":
+        raise ConfigError("--compare frozen-cast needs autocast: add train.precision=bf16 (fp32 casts nothing)")
+    threads = args.threads or train_cfg.num_threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    batches, task_loss = run_batches(cfg, args.warmup + args.steps)
+    if len(batches) <= args.warmup:
+        raise ConfigError(f"the run has {len(batches)} training batches, not more than --warmup {args.warmup}; "
+                         "lower --warmup or pick a larger task")
+    sides = (build_side(cfg, args.compare, False, task_loss), build_side(cfg, args.compare, True, task_loss))
+    if sides[0].name == sides[1].name:
+        raise ConfigError(f"both sides run {sides[0].name}: this model cannot switch what --compare {args.compare} "
+                         "changes")
     with sides[0].stack, sides[1].stack:
-        times, warm, drift = race(sides, batches, amp, min(args.warmup, len(batches) - 1))
+        times, warm, drift = race(sides, batches, autocast(train_cfg, torch.device("cpu")), args.warmup)
     a, b = (side.name for side in sides)
     tokens = statistics.fmean(batch["input_ids"].numel() for batch in batches)
-    print(f"{cfg['experiment_name']} {cfg['method']['name']} on {cfg['task']['name']} ({cfg['train']['precision']}): "
-          f"{args.threads} threads, {len(times[a])} paired steps after {args.warmup} warm-up steps per side "
+    print(f"{cfg['experiment_name']} {cfg['method']['name']} on {cfg['task']['name']} ({train_cfg.precision}): "
+          f"{threads} threads, {len(times[a])} paired steps after {args.warmup} warm-up steps per side "
           f"(the run's own batches: {tokens:.0f} padded tokens on average)")
     for name in (a, b):
-        print(f"  {name:14s} median step {1e3 * statistics.median(times[name]):8.1f} ms  warm-up {warm[name]:6.1f} s")
+        print(f"  {name:16s} median step {1e3 * statistics.median(times[name]):8.1f} ms  warm-up {warm[name]:6.1f} s")
     print(f"  {b} / {a}: {Paired.of(times[b], times[a]).ratio()}; largest loss difference: {drift:.2e}")
 
 

@@ -186,6 +186,10 @@ def test_frozen_weights_cast_once_gives_the_same_bf16_step(family, method):
     model, kind = loaded.model.eval(), ("bert" if family == "bert" else "lm")
     apply_method(model, group_option("method", method))
     torch.manual_seed(0)
+    with torch.no_grad():  # LoRA's B starts at zero: give the branch a value, so A gets a gradient
+        for name, param in model.named_parameters():
+            if name.endswith("lora_B"):
+                param.normal_(std=0.1)
     ids = torch.randint(3, 200, (2, 10))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     batch["labels"] = torch.tensor([0, 1]) if kind == "bert" else ids.clone()
@@ -205,6 +209,7 @@ def test_frozen_weights_cast_once_gives_the_same_bf16_step(family, method):
     assert torch.equal(loss, expected)
     for got, want in zip(grads, expected_grads, strict=True):
         assert torch.equal(got, want)
+    assert all(g.abs().sum() > 0 for g in grads)  # every trained tensor saw the cast weights
     assert torch.bfloat16 in held.values()
     assert all(dtype == torch.float32 for name, dtype in held.items() if "norm" in name or "embed" in name
                or "wte" in name or "wpe" in name or "ln_" in name)  # autocast runs these in fp32

@@ -133,7 +133,7 @@ def job_ours(spec: JobSpec, setting: str) -> dict[str, Any]:
     from lora_repro.methods import apply_method, count_params
     from lora_repro.tasks.base import TaskData
     from lora_repro.tasks.glue import classifier_loss
-    from lora_repro.train import train_loop
+    from lora_repro.train import frozen_weights_cast, train_config, train_loop
 
     loaded, encoded = _setup(spec, setting)
     model = loaded.model
@@ -165,7 +165,8 @@ def job_ours(spec: JobSpec, setting: str) -> dict[str, Any]:
                  "grad_clip": spec.grad_clip, "label_smoothing": 0.0,
                  "precision": "bf16" if setting == "best" else "fp32"}
     data = TaskData(Timed(), len(batches), classifier_loss, lambda m: {"none": 0.0}, "none")
-    state, measured = train_loop(model, handle, data, train_cfg, torch.device("cpu"))
+    with frozen_weights_cast(model, train_config(train_cfg)):  # as `run` trains (a no-op in fp32)
+        state, measured = train_loop(model, handle, data, train_cfg, torch.device("cpu"))
     window.step(spec.steps)
     clock.stamp()  # train_loop stops after `steps` without asking for another batch: close the last step
     return {**clock.stats(spec.steps, spec.skip), **window.result(),
