@@ -30,6 +30,7 @@ OFFLINE_MODELS = "model=minilm_l6, model=smollm2_135m or a tiny_* model"
 
 def check_run(cfg: dict) -> None:
     """Every check for one resolved run config (`config.resolve`); raises `BadInput`."""
+    check_attention(cfg["model"], "causal_lm" if cfg["task"]["kind"] == "nlg" else "seq_cls")
     check_folders()
     if cfg["model"]["source"] == "hub":
         check_hub_model(cfg["model"]["hub_id"])
@@ -145,6 +146,22 @@ def hub_offline() -> bool:
 
     value = os.environ.get("HF_HUB_OFFLINE", "")
     return value.upper() in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
+
+
+def check_attention(model_cfg: dict, task_kind: str) -> None:
+    """`model.attn_implementation: sdpa` on a model without an sdpa kernel (DeBERTa-v2): transformers
+    would only warn and keep its eager kernel, while the run key said sdpa. Eager exists everywhere."""
+    if model_cfg.get("attn_implementation") != "sdpa":
+        return
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    names = (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES if task_kind == "causal_lm"
+             else modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+    model_class = getattr(transformers, names.get(model_cfg["family"], ""), None)
+    if model_class is not None and not model_class._supports_sdpa:
+        raise BadInput(f"model.attn_implementation=sdpa: {model_class.__name__} has no sdpa kernel in transformers "
+                       f"{transformers.__version__}; use model.attn_implementation=eager or null")
 
 
 def check_hub_model(hub_id: str) -> None:

@@ -170,6 +170,13 @@ def test_hub_model_offline_fails_at_once(sandbox, capsys, monkeypatch):
     sandbox()
 
 
+def test_sdpa_on_a_model_without_it_fails_at_once(sandbox, capsys):
+    one_line_exit(capsys, run_entry.main, [*SMOKE, "model=tiny_deberta_v2", "model.attn_implementation=sdpa"],
+                  "model.attn_implementation=sdpa", "DebertaV2ForSequenceClassification",
+                  "use model.attn_implementation=eager")
+    sandbox()
+
+
 def test_unreachable_hub_fails_at_once(sandbox, capsys, monkeypatch):
     from huggingface_hub import constants
 
