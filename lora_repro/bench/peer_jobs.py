@@ -16,7 +16,8 @@ steps and threads. Each side (`ours`: `apply_method` + `train_loop`; `peft`: `ge
   default optimizer.
 - `best` (each at its best available settings): bf16 autocast, length grouping (ours: the suite's
   grouped loader; Trainer: `train_sampling_strategy="group_by_length"`), transformers' eager attention
-  (0.85x its default sdpa's step on MiniLM here: under dropout sdpa runs its math path on CPU), and `torch.compile` when
+  (`make bench-step`: 0.87x sdpa's MiniLM LoRA step here; under dropout sdpa runs its math path on CPU),
+  and `torch.compile` when
   `JobSpec.compile` is set (off by default: on a 2-core CPU the compile time of the varying batch
   shapes outweighs a 100-step job; the report says which was used).
 

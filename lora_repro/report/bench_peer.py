@@ -4,8 +4,8 @@ Three comparisons, each labelled by what it holds equal:
 - like for like (`equal`, the headline): identical padded batches, fp32, torch AdamW, equal threads;
   the paired ratio pairs step i of ours with step i of PEFT in the same round (the same batch);
 - as users run them (`default`): each framework's defaults (different batches and padding);
-- each at its best (`best`): bf16 autocast, length grouping, eager attention (since its kernel was
-  recorded), torch.compile where enabled.
+- each at its best (`best`): bf16 autocast, length grouping, eager attention (results from before the
+  kernel was recorded ran sdpa), torch.compile where enabled.
 Every number, the hardware included, comes from the run's own results.
 """
 
