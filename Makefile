@@ -30,8 +30,8 @@ check_experiment = $(if $(wildcard conf/experiment/$(call experiment,$(1)).yaml)
   experiment,$(1)).yaml for SCALE=$(SCALE) PROTOCOL=$(PROTOCOL); protocols of $(1): \
   $(basename $(notdir $(wildcard conf/experiment/$(1)_*.yaml)))))
 check_protocol = $(check_scale)$(check_seeds)$(call check_experiment,$(1))
-# ARGS and the data: one process checks every run of the protocol before the shards start, and its one
-# line becomes make's (a failing recipe line would add make's own "Error" line, and each shard its copy).
+# ARGS and the data: one process checks every run of the protocol before the workers start, and its one
+# line becomes make's (a failing recipe line would add make's own "Error" line, and each worker its copy).
 # ($ doubled: $(eval) would expand a "$LORA_REPRO_DATA" in the message)
 check_runs = $(eval reproduce_check := $(subst $$,$$$$,$(shell out=$$($(PYTHON) -m experiments.reproduce \
   +experiment=$(call experiment,$(1)) $(SEED_ARG) --check-only $(ARGS) 2>&1 >/dev/null) || \
@@ -71,19 +71,20 @@ reproduce-dart: $(STAMP)  ## DART table (as reproduce-e2e)
 # E2E, WebNLG and DART run one job of 2 threads (their protocols' num_threads): SmolLM2 LoRA measured 1.7 s/step
 # there vs 3.5 s/step for each of two side-by-side 1-thread jobs (records in results/runs/e2e_cpu)
 reproduce-e2e reproduce-webnlg reproduce-dart: JOBS = 1
-# The shards run in the background, where a non-interactive shell makes them ignore Ctrl-C (SIGINT):
-# the traps stop them (SIGTERM) when make is interrupted or terminated, or when one shard fails.
-# LAUNCHER=<conf/hydra/launcher option> on the command line: the JOBS shards run as one Hydra multirun on
-# that launcher instead (submitit_slurm_sweep: a SLURM array; LAUNCH_ARGS: its settings, e.g. hydra.launcher.partition=gpu).
+# JOBS processes share the runs through a queue folder, one run at a time, longest first (run_queue.py).
+# They run in the background, where a non-interactive shell makes them ignore Ctrl-C (SIGINT): the traps
+# stop them (SIGTERM) when make is interrupted or terminated, or when one of them fails.
+# LAUNCHER=<conf/hydra/launcher option> on the command line: JOBS shards (every JOBS-th method) run as one
+# Hydra multirun on that launcher instead (submitit_slurm_sweep: a SLURM array; LAUNCH_ARGS: its settings, e.g. hydra.launcher.partition=gpu).
 reproduce-%:
 	@: $(call check_protocol,$*)$(check_jobs)$(call check_runs,$*)
 ifeq ($(origin LAUNCHER),command line)
 	$(PYTHON) -m experiments.reproduce_sweep -m +experiment=$(call experiment,$*) $(if $(SEEDS),+seeds=$(SEEDS),) \
 	  +shard=$(shell seq -s, -f '%g/$(JOBS)' 0 $$(($(JOBS) - 1))) hydra/launcher=$(LAUNCHER) $(LAUNCH_ARGS) $(ARGS)
 else
-	@set -e; pids=; trap 'kill $$pids 2>/dev/null || :' EXIT; trap 'exit 130' INT TERM; \
-	for i in $$(seq 0 $$(($(JOBS) - 1))); do \
-	  $(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --shard $$i/$(JOBS) $(ARGS) & \
+	@set -e; pids=; queue=$$(mktemp -d); trap 'kill $$pids 2>/dev/null || :; rm -rf "$$queue"' EXIT; \
+	trap 'exit 130' INT TERM; for i in $$(seq $(JOBS)); do \
+	  $(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --queue "$$queue" $(ARGS) & \
 	  pids="$$pids $$!"; done; for p in $$pids; do wait $$p; done
 endif
 	$(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --table-only $(ARGS)

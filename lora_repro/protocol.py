@@ -2,8 +2,10 @@
 the store lacks with init sources first, and write the protocol's tables from the store.
 
 Runs are ordered so a task that others initialise from (`train.init_from_task`: MNLI in the paper,
-STS-B at cpu scale) runs before them; a shard (`index`/`count`) takes every count-th method, so
-several processes can share a machine; the tables are written by the unsharded call.
+STS-B at cpu scale) runs before them. Several processes share a protocol either through a queue
+folder (`lora_repro.run_queue`: run by run, longest first; what `make reproduce-*` does) or as shards
+(`index`/`count`: every count-th method; what the Hydra launchers do, one shard per job). The tables are
+written by a call that is neither a shard nor a queue worker.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from lora_repro.report.efficiency import write_efficiency_table
 from lora_repro.report.glue import write_glue_table
 from lora_repro.report.nlg import write_nlg_table
 from lora_repro.run import run
-from lora_repro.store import run_key
+from lora_repro.run_queue import RunQueue, claim_order, expected_seconds
+from lora_repro.store import RunStore, run_key
 
 log = logging.getLogger("reproduce")
 
@@ -61,10 +64,11 @@ def protocol_keys(overrides: Sequence[str], protocol: dict, seeds: Sequence[int]
 
 
 def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[int, int] = (0, 1),
-              table_only: bool = False, check_only: bool = False) -> list[Path]:
-    """Run a protocol's missing runs (this shard's methods), then write its tables (unsharded calls only);
-    returns the tables' CSV files (none from a shard). `check_only`: check every run (values, data,
-    folders) and stop, as `make reproduce-*` does once before it starts the shards."""
+              table_only: bool = False, check_only: bool = False, queue: Path | None = None) -> list[Path]:
+    """Run a protocol's missing runs (this shard's methods, or those this process claims from `queue`),
+    then write its tables (unsharded calls only); returns the tables' CSV files (none from a shard or a
+    queue worker). `check_only`: check every run (values, data, folders) and stop, as `make reproduce-*`
+    does once before it starts its processes."""
     base = compose_config(overrides)
     if seeds is not None and seeds < 1:
         raise ConfigError(f"seeds={seeds}: give a number of seeds >= 1 (seeds 0..N-1), or none for the protocol's")
@@ -74,23 +78,41 @@ def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[i
     protocol = OmegaConf.to_container(base.protocol, resolve=True)
     seed_list = list(range(seeds)) if seeds is not None else protocol["seeds"]
     index, count = shard
+    if queue is not None and count > 1:
+        raise ConfigError(f"--queue and --shard {index}/{count} both split the runs; give one of them")
+    queue_worker = RunQueue(queue) if queue is not None else None
     started = time.perf_counter()
     if check_only or not table_only:
-        methods = protocol["methods"] if check_only else protocol["methods"][index::count]
+        methods = protocol["methods"] if check_only or queue_worker else protocol["methods"][index::count]
         plan = init_order(plan_runs(overrides, methods, protocol["tasks"], seed_list))
         for cfg in plan:  # every run's data and folders before the first run (and its skip lookup)
             preflight.check_run(cfg)
         if check_only:
             return []
-        keys = {(method_label(c), c["seed"], c["task"]["name"]): run_key(c) for c in plan}
-        for number, cfg in enumerate(plan, 1):
-            log.info("[%d/%d] %s %s seed %d", number, len(plan), cfg["task"]["name"], method_label(cfg), cfg["seed"])
-            source = (method_label(cfg), cfg["seed"], cfg["train"]["init_from_task"])
-            run(cfg, init_key=keys.get(source))  # a source outside the plan: the store's latest match
-    if count == 1 and is_rank_zero():  # under torchrun every rank runs the plan; one writes the tables
+        run_plan(plan, queue_worker)
+    if count == 1 and queue_worker is None and is_rank_zero():  # under torchrun every rank runs the plan
         wall_s = None if table_only else time.perf_counter() - started
         return write_tables(base, protocol, protocol_keys(overrides, protocol, seed_list), wall_s)
     return []
+
+
+def run_plan(plan: list[dict], queue: RunQueue | None) -> None:
+    """Run `plan` in order, or the runs this process claims from `queue` (longest first by the store's
+    newest time for each)."""
+    keys = {(method_label(c), c["seed"], c["task"]["name"]): run_key(c) for c in plan}
+
+    def execute(cfg: dict) -> None:
+        log.info("%s %s seed %d", cfg["task"]["name"], method_label(cfg), cfg["seed"])
+        source = (method_label(cfg), cfg["seed"], cfg["train"]["init_from_task"])
+        run(cfg, init_key=keys.get(source))  # a source outside the plan: the store's latest match
+
+    if queue is None:
+        for cfg in plan:
+            execute(cfg)
+        return
+    seconds = expected_seconds(RunStore().records(plan[0]["experiment_name"])) if plan else {}
+    ran = queue.work(claim_order(plan, seconds), execute)
+    log.info("this process ran %d of the %d runs", ran, len(plan))
 
 
 def write_tables(base, protocol: dict, keys: set[str], wall_s: float | None) -> list[Path]:

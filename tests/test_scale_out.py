@@ -1,18 +1,22 @@
 """Scale-out and process hygiene: Ctrl-C on make leaves no process, several processes match one,
-a killed sweep completes with every record once, sweeps and `make reproduce-*` run on Hydra launchers."""
+a killed sweep completes with every record once, `make reproduce-*`'s workers share the runs, sweeps and
+`make reproduce-*` run on Hydra launchers."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from lora_repro.paths import CACHE_ENV, REPO_ROOT
+from lora_repro.store import RunStore
 
 DEADLINE_S = 180
 
@@ -39,7 +43,7 @@ def wait_until(condition, what: str) -> None:
 # train.epochs=100000: the workers are still training whenever the interrupt comes
 MAKE_TARGETS = {
     # background shard processes (a non-interactive shell makes them ignore SIGINT)
-    "reproduce": (["reproduce-glue", "SCALE=smoke", "ARGS=train.epochs=100000"], "--shard"),
+    "reproduce": (["reproduce-glue", "SCALE=smoke", "ARGS=train.epochs=100000"], "--queue"),
     # a Hydra multirun on joblib worker processes
     "sweep": (["sweep-budget", "ARGS=model=tiny_bert scale=smoke train.epochs=100000 hydra.sweep.dir={tmp}/sweep"],
               "joblib.externals.loky.backend.popen_loky_posix"),
@@ -74,22 +78,41 @@ def test_ctrl_c_on_make_stops_every_process_it_started(target, tmp_path):
 
 
 
-@pytest.mark.parametrize("failing_shard, code", [(None, 0), ("1/2", 2)])
-def test_make_reproduce_exits_with_its_shards_status_and_writes_the_table_only_after_success(
-        tmp_path, failing_shard, code):
-    """Every shard succeeding: make exits 0 and writes the table; one failing: make fails, no table call.
-    (The Ctrl-C trap's `kill` of already finished shards must not turn a success into exit 1.)"""
+@pytest.mark.parametrize("one_fails", [False, True])
+def test_make_reproduce_exits_with_its_workers_status_and_writes_the_table_only_after_success(tmp_path, one_fails):
+    """Every worker succeeding: make exits 0 and writes the table; one failing: make fails, no table call.
+    (The Ctrl-C trap's `kill` of already finished workers must not turn a success into exit 1.)"""
     calls = tmp_path / "calls.log"
     fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
-                    f'case "$*" in *"--shard {failing_shard}"*) exit 3;; esac\nexit 0\n')
+    fail = f'mkdir {tmp_path}/failed 2>/dev/null && exit 3' if one_fails else ':'  # the first worker only
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\ncase "$*" in *"--queue"*) {fail};; esac\nexit 0\n')
     fake.chmod(0o755)
     done = subprocess.run(["make", "--no-print-directory", "reproduce-glue", "JOBS=2", f"PYTHON={fake}", "STAMP="],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     called = calls.read_text().splitlines()
-    assert sum("--shard" in line for line in called) == 2
-    assert (done.returncode == 0) == (code == 0), done.stderr
-    assert any("--table-only" in line for line in called) == (code == 0)
+    workers = [line for line in called if "--queue" in line]
+    assert len(workers) == 2 and len(set(workers)) == 1  # both get the same queue folder
+    assert not Path(workers[0].split("--queue ")[1].split()[0]).exists()  # removed when make ends
+    assert (done.returncode == 0) == (not one_fails), done.stderr
+    assert any("--table-only" in line for line in called) == (not one_fails)
+
+
+@pytest.mark.slow
+def test_make_reproduce_workers_share_the_runs_and_write_each_once(tmp_path):
+    """Two queue workers on the smoke protocol: every run once, LoRA's SST-2 from its STS-B weights."""
+    env = {**os.environ, "LORA_REPRO_RESULTS": str(tmp_path / "results"), CACHE_ENV: str(tmp_path / "cache")}
+    done = subprocess.run(["make", "--no-print-directory", "reproduce-glue", "SCALE=smoke", "JOBS=2",
+                           f"PYTHON={sys.executable}", "STAMP="], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ran = [int(n) for n in re.findall(r"this process ran (\d+) of the 4 runs", done.stderr)]
+    assert len(ran) == 2 and sum(ran) == 4
+    records = RunStore(tmp_path / "results").records("glue_smoke")
+    assert sorted((r["method"], r["task"]) for r in records) == [("full", "sst2"), ("full", "stsb"),
+                                                                ("lora", "sst2"), ("lora", "stsb")]
+    init = {(r["method"], r["task"]): r["checkpoint"]["init_from"] for r in records}
+    assert init[("lora", "sst2")] and init[("lora", "stsb")] is None
+    assert (tmp_path / "results" / "tables" / "glue_glue_smoke.md").is_file()
 
 
 # 61 rows in batches of 8: the last batch (5 rows) splits 3 + 2, so the loss weighting matters;
@@ -111,7 +134,7 @@ def test_two_processes_match_one_with_the_same_global_batch(launcher, tmp_path, 
 
     from lora_repro.config import resolve_overrides
     from lora_repro.run import run
-    from lora_repro.store import RunStore, run_key
+    from lora_repro.store import run_key
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "one"))
     single = run(resolve_overrides(DDP_RUN), RunStore(tmp_path / "one"))
@@ -153,7 +176,6 @@ def submitit_env(tmp_path) -> dict:
 
 @pytest.mark.slow
 def test_a_submitit_local_sweep_records_each_run_from_its_own_job(tmp_path):
-    from lora_repro.store import RunStore
 
     command = [sys.executable, "-m", "experiments.run", "-m", "hydra/launcher=submitit_local_sweep",
                f"hydra.sweep.dir={tmp_path / 'sweep'}", "experiment_name=submitit", "task=stsb,sst2",
@@ -169,7 +191,7 @@ def test_a_submitit_local_sweep_records_each_run_from_its_own_job(tmp_path):
 @pytest.mark.slow
 def test_make_reproduce_runs_its_shards_on_a_hydra_launcher_by_one_override(tmp_path):
     from lora_repro.protocol import plan_runs
-    from lora_repro.store import RunStore, run_key
+    from lora_repro.store import run_key
 
     command = ["make", "--no-print-directory", "reproduce-glue", "SCALE=smoke", "JOBS=2", f"PYTHON={sys.executable}",
                "STAMP=", "LAUNCHER=submitit_local_sweep", f"LAUNCH_ARGS=hydra.sweep.dir={tmp_path / 'sweep'}"]
@@ -184,7 +206,6 @@ def test_make_reproduce_runs_its_shards_on_a_hydra_launcher_by_one_override(tmp_
 
 @pytest.mark.slow
 def test_a_protocol_under_torchrun_runs_init_chains_and_writes_once(tmp_path):
-    from lora_repro.store import RunStore
 
     command = [sys.executable, *LAUNCHERS["torchrun"], "-m", "experiments.reproduce", "+experiment=glue_smoke",
                "model=tiny_llama"]

@@ -1,0 +1,115 @@
+"""Several processes sharing one protocol's runs, run by run, so they finish together.
+
+`make reproduce-glue` used to give each of its two processes every second method. Methods differ in
+cost (full fine-tuning took 25.5 of the GLUE table's 100 summed minutes), so one process worked on while
+the other sat idle: 52.6 min of wall time for 100.2 min of runs, where half would be 50.1. Here every
+process walks the same ordered plan and claims a run by creating its claim file (`O_CREAT | O_EXCL`:
+of two processes exactly one gets it), longest runs first (the greedy rule that finishes a set of jobs
+on a few machines close to the ideal), init sources before the runs that start from them.
+
+A run whose init source (`train.init_from_task`) another process is still training waits for it; a
+process takes other ready runs first and waits only when none is left. A source that failed stops the
+waiting processes with its name. Why not a library: joblib/Hydra launchers dispatch independent jobs,
+and this needs the init-source order across processes and skips that the store decides (`run.run`).
+The claim files live in a folder shared by one invocation (the Makefile makes it with `mktemp -d`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lora_repro.config import method_label
+from lora_repro.errors import BadInput
+
+log = logging.getLogger("reproduce")
+
+RunId = tuple[str, int, str]  # (method label, seed, task)
+
+
+def run_id(cfg: Mapping[str, Any]) -> RunId:
+    return method_label(cfg), cfg["seed"], cfg["task"]["name"]
+
+
+def source_id(cfg: Mapping[str, Any]) -> RunId | None:
+    """The run whose weights `cfg` starts from (same method and seed), or None."""
+    task = cfg["train"].get("init_from_task")
+    return (method_label(cfg), cfg["seed"], task) if task else None
+
+
+def expected_seconds(records: Iterable[Mapping[str, Any]]) -> dict[RunId, float]:
+    """The wall time of the newest stored run of each (method, seed, task): the cost used to order them."""
+    newest: dict[RunId, Mapping[str, Any]] = {}
+    for record in records:
+        ident = (record["method"], record["seed"], record["task"])
+        if ident not in newest or record["created_at"] > newest[ident]["created_at"]:
+            newest[ident] = record
+    return {ident: float(record["timing"]["wall_s"]) for ident, record in newest.items()
+            if (record.get("timing") or {}).get("wall_s")}
+
+
+def claim_order(plan: list[dict], seconds: Mapping[RunId, float]) -> list[dict]:
+    """`plan` (already in init order) with each init depth's runs longest first; runs never stored keep
+    their plan order after the known ones of their depth."""
+    depth: dict[RunId, int] = {}
+    for cfg in plan:  # init order: a source's depth is known before its dependents'
+        source = source_id(cfg)
+        depth[run_id(cfg)] = depth.get(source, -1) + 1 if source else 0
+    return sorted(plan, key=lambda cfg: (depth[run_id(cfg)], -seconds.get(run_id(cfg), 0.0)))
+
+
+class RunQueue:
+    """The claim, done and failed marks of one invocation's runs in `folder`."""
+
+    def __init__(self, folder: Path, poll_s: float = 2.0) -> None:
+        if not folder.is_dir():
+            raise BadInput(f"--queue {folder}: no such folder; give one folder that every process of "
+                                    "this invocation shares (e.g. from `mktemp -d`)")
+        self.folder, self.poll_s = folder, poll_s
+
+    def _mark(self, ident: RunId, kind: str) -> Path:
+        method, seed, task = ident
+        return self.folder / f"{method}.{task}.{seed}.{kind}"
+
+    def claim(self, ident: RunId) -> bool:
+        """Whether this process got `ident` (exactly one process does)."""
+        try:
+            os.close(os.open(self._mark(ident, "claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def ready(self, source: RunId | None, planned: set[RunId]) -> bool:
+        """Whether a run starting from `source` can start: no source in this plan, or it is done."""
+        if source is None or source not in planned or self._mark(source, "done").exists():
+            return True
+        if self._mark(source, "failed").exists():
+            raise RuntimeError(f"{' '.join(map(str, source))} failed in another process, so the runs that start "
+                               "from its weights cannot run; fix it and run the protocol again")
+        return False
+
+    def work(self, plan: list[dict], execute: Callable[[dict], None]) -> int:
+        """Claim and `execute` runs of `plan` (in claim order) until every run is claimed; returns how many
+        this process ran."""
+        pending, planned, ran = list(plan), {run_id(cfg) for cfg in plan}, 0
+        while pending:
+            cfg = next((c for c in pending if self.ready(source_id(c), planned)), None)
+            if cfg is None:
+                time.sleep(self.poll_s)  # every run left starts from one another process is training
+                continue
+            pending.remove(cfg)
+            ident = run_id(cfg)
+            if not self.claim(ident):
+                continue
+            try:
+                execute(cfg)
+            except BaseException:
+                self._mark(ident, "failed").touch()
+                raise
+            self._mark(ident, "done").touch()
+            ran += 1
+        return ran

@@ -1,0 +1,98 @@
+"""The run queue of `make reproduce-*`: every run once, init sources first, longest first, failures named."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from experiments import reproduce
+from lora_repro.errors import BadInput
+from lora_repro.run_queue import RunQueue, claim_order, expected_seconds, run_id
+
+
+def cfg(task: str, method: str = "lora", init: str | None = None) -> dict:
+    return {"task": {"name": task}, "method": {"name": method}, "seed": 0, "train": {"init_from_task": init}}
+
+
+PLAN = [cfg("sst2", "full"), cfg("stsb", "full"), cfg("sst2"), cfg("stsb"), cfg("mrpc", init="stsb"),
+        cfg("rte", init="stsb")]
+
+
+def test_claim_order_puts_sources_first_then_the_longest_known_runs():
+    seconds = {("full", 0, "sst2"): 30.0, ("full", 0, "stsb"): 50.0, ("lora", 0, "stsb"): 40.0,
+               ("lora", 0, "rte"): 20.0, ("lora", 0, "mrpc"): 10.0}
+    order = [run_id(c) for c in claim_order(PLAN, seconds)]
+    assert order == [("full", 0, "stsb"), ("lora", 0, "stsb"), ("full", 0, "sst2"), ("lora", 0, "sst2"),
+                     ("lora", 0, "rte"), ("lora", 0, "mrpc")]
+
+
+def test_expected_seconds_are_the_newest_record_per_run():
+    def record(created: str, wall: float) -> dict:
+        return {"method": "lora", "seed": 0, "task": "rte", "created_at": created, "timing": {"wall_s": wall}}
+
+    assert expected_seconds([record("2026-01-02", 5.0), record("2026-01-03", 7.0), record("2026-01-01", 9.0)]) == {
+        ("lora", 0, "rte"): 7.0}
+
+
+def work_in_threads(queue: RunQueue, plan: list[dict], execute, workers: int = 2) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            queue.work(plan, execute)
+        except BaseException as err:  # the test inspects what each worker raised
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    return errors
+
+
+def test_two_workers_run_every_run_once_and_dependents_after_their_source(tmp_path):
+    queue = RunQueue(tmp_path, poll_s=0.01)
+    events: list[tuple[str, tuple]] = []
+    lock = threading.Lock()
+
+    def execute(c: dict) -> None:
+        with lock:
+            events.append(("start", run_id(c)))
+        time.sleep(0.2 if c["task"]["name"] == "stsb" else 0.02)  # the sources are the long runs
+        with lock:
+            events.append(("end", run_id(c)))
+
+    assert work_in_threads(queue, claim_order(PLAN, {}), execute) == []
+    starts = [ident for kind, ident in events if kind == "start"]
+    assert sorted(starts) == sorted(run_id(c) for c in PLAN)  # each once
+    source_end = events.index(("end", ("lora", 0, "stsb")))
+    for dependent in (("lora", 0, "mrpc"), ("lora", 0, "rte")):
+        assert events.index(("start", dependent)) > source_end
+    # while one worker trained lora's STS-B, the other took full's runs instead of waiting
+    assert events.index(("start", ("full", 0, "sst2"))) < source_end
+
+
+def test_a_failed_source_stops_the_workers_waiting_for_it(tmp_path):
+    queue = RunQueue(tmp_path, poll_s=0.01)
+    plan = [cfg("stsb"), cfg("rte", init="stsb"), cfg("mrpc", init="stsb")]
+
+    def execute(c: dict) -> None:
+        if c["task"]["name"] == "stsb":
+            time.sleep(0.1)
+            raise RuntimeError("training diverged")
+
+    errors = work_in_threads(queue, plan, execute)
+    messages = sorted(str(err) for err in errors)
+    assert messages[0].startswith("lora 0 stsb failed in another process") and messages[1] == "training diverged"
+
+
+def test_queue_needs_an_existing_folder_and_excludes_shards(tmp_path, capsys):
+    with pytest.raises(BadInput, match="no such folder"):
+        RunQueue(tmp_path / "absent")
+    with pytest.raises(SystemExit):
+        reproduce.main(["+experiment=glue_smoke", "--queue", str(tmp_path), "--shard", "0/2"])
+    assert "not allowed with argument" in capsys.readouterr().err
