@@ -11,7 +11,9 @@ ratio B / A is paired within a step. What B changes (`--compare`):
 - `frozen-cast`: autocast casting frozen weights at every call -> cast once (`train.frozen_weights_cast`);
   the two sides' losses must agree exactly; needs `train.precision` bf16 or fp16;
 - `compile`: the eager loss -> `torch.compile`d (`train.compile`); the first compilation falls in the
-  warm-up steps, a recompilation for a new batch shape may fall in a timed step (the median resists it).
+  warm-up steps, a recompilation for a new batch shape may fall in a timed step (the median resists it);
+- `fast-dropout`: torch's dropout -> `train.fast_dropout` (lora_repro/dropout.py); its masks are another
+  random draw, so the losses differ by what dropout's randomness moves (no longer a check).
 
 Threads: the run's `train.num_threads` unless `--threads`. Prints each side's median step and warm-up
 time, the paired ratio B / A with its 95 % interval, and the largest difference between the two sides'
@@ -35,6 +37,7 @@ from torch import nn
 
 from lora_repro.bench.stats import Paired
 from lora_repro.config import resolve_overrides
+from lora_repro.dropout import fast_dropout
 from lora_repro.errors import OneLineParser, one_line_errors, positive_int
 from lora_repro.methods import MethodHandle
 from lora_repro.run import build
@@ -42,13 +45,14 @@ from lora_repro.schemas import ConfigError
 from lora_repro.train import autocast, build_optimizer, epoch_batches, frozen_weights_cast, move, train_config
 
 COMPARISONS = {"attention": ("sdpa attention", "eager attention"), "frozen-cast": ("cast per call", "cast once"),
-               "compile": ("eager", "compiled")}
+               "compile": ("eager", "compiled"), "fast-dropout": ("torch dropout", "fast dropout")}
 DEFAULT_RUN = ["+experiment=glue_cpu", "task=rte", "method=lora"]
 
 
 @dataclass
 class Side:
-    """One copy of the run's model with what B changes applied; `stack` holds its open contexts."""
+    """One copy of the run's model with what B changes applied; `stack` holds its open contexts, `around`
+    makes the context each of its steps runs in (a global switch, such as dropout's, only there)."""
 
     name: str  # what the side runs, e.g. "eager attention"
     model: nn.Module
@@ -56,6 +60,7 @@ class Side:
     loss: Callable[[dict], torch.Tensor]
     optimizer: torch.optim.Optimizer
     stack: contextlib.ExitStack
+    around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 def build_side(cfg: dict, compare: str, changed: bool, task_loss: Callable) -> Side:
@@ -76,7 +81,9 @@ def build_side(cfg: dict, compare: str, changed: bool, task_loss: Callable) -> S
     name = COMPARISONS[compare][int(changed)]
     if compare == "attention":  # the kernel the model reports, not the one asked for
         name = f"{model.config._attn_implementation} attention"
-    return Side(name, model, handle, loss, optimizer, stack)
+    fast = changed if compare == "fast-dropout" else train_cfg.fast_dropout  # else: as the run has it
+    around = functools.partial(fast_dropout, fast)
+    return Side(name, model, handle, loss, optimizer, stack, around)
 
 
 def run_batches(cfg: dict, count: int) -> tuple[list[dict], Callable]:
@@ -93,9 +100,10 @@ def timed_step(side: Side, batch: dict, amp: contextlib.AbstractContextManager, 
     """Seconds of one training step of `side` on `batch` (dropout seeded by `seed`), and its loss."""
     torch.manual_seed(seed)
     started = time.perf_counter()
-    with amp:
-        loss = side.loss(move(side.handle.prepare_batch(dict(batch)), torch.device("cpu")))
-    loss.backward()
+    with side.around():
+        with amp:
+            loss = side.loss(move(side.handle.prepare_batch(dict(batch)), torch.device("cpu")))
+        loss.backward()
     side.optimizer.step()
     side.optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - started, loss.item()

@@ -31,8 +31,8 @@ from lora_repro import paths
 from lora_repro.io import atomic_write_text
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-CODE_PARTS = ("checkpoints.py", "config.py", "run.py", "schemas.py", "train.py", "data", "evaluate_metrics",
-              "methods", "metrics", "models", "tasks")
+CODE_PARTS = ("checkpoints.py", "config.py", "dropout.py", "run.py", "schemas.py", "train.py", "data",
+              "evaluate_metrics", "methods", "metrics", "models", "tasks")
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "scikit-learn", "numpy")
 STALE_CHOICES = ("keep", "rerun")
 UNKNOWN = "unknown"

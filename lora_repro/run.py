@@ -19,6 +19,7 @@ import torch
 from lora_repro import checkpoints, preflight, provenance
 from lora_repro.config import ConfigError, device_for, method_label
 from lora_repro.distributed import is_rank_zero, setup, wait_for_rank_zero
+from lora_repro.dropout import fast_dropout
 from lora_repro.io import clean_stale_temps
 from lora_repro.methods import MethodHandle, apply_method, count_params, load_method_state_dict
 from lora_repro.models import LoadedModel, load_model
@@ -127,7 +128,7 @@ def run(cfg: dict, store: RunStore | None = None, init_key: str | None = None) -
     tracker.log_params(params)
     checkpointer = Checkpointer(resume_path(experiment, key), train_cfg.checkpoint_every, write=is_rank_zero())
     written = {"params": params, "data": inputs}
-    with frozen_weights_cast(model, train_cfg):
+    with frozen_weights_cast(model, train_cfg), fast_dropout(train_cfg.fast_dropout):
         try:
             state, measured = train_loop(model, handle, data, train_cfg, device, on_epoch=tracker.log_epoch,
                                          checkpointer=checkpointer)

@@ -74,6 +74,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast; CPU with AVX512-BF16 or CUDA) | fp16 (CUDA, grad scaler)
     compile: bool = False  # torch.compile the training forward (evaluation and decoding stay eager)
+    fast_dropout: bool = False  # CPU dropout masks from 16-bit slices of 64-bit draws (lora_repro/dropout.py)
     save_weights: bool = True  # save the method-only state dict next to the record's key
     init_from_task: str | None = None  # e.g. mnli: start the method weights from that task's run
     checkpoint_every: int | None = None  # resume state every N optimizer steps (null/0: off); not in the run key
@@ -258,8 +259,9 @@ class ModelConfig:
     format: str | None = None  # gguf: the package ships a GGUF file, converted once
     gguf_file: str | None = None
     shape: dict[str, Any] | None = None  # config values for random weights (params, latency)
-    # transformers' attention kernel: null keeps its default (sdpa); eager: matmul + softmax, 0.85-0.9x the
-    # training step of sdpa on this project's CPUs (MiniLM on GLUE, SmolLM2 on E2E: CHANGELOG)
+    # transformers' attention kernel: null keeps its default (sdpa where the model has it; DeBERTa-v2: eager);
+    # eager: matmul + softmax, 0.82-0.92x sdpa's training step here (make bench-step: MiniLM on GLUE RTE,
+    # SmolLM2 on E2E; CHANGELOG), as sdpa falls back to its math path under dropout on CPU
     attn_implementation: str | None = None
 
     def __post_init__(self) -> None:

@@ -130,6 +130,7 @@ KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {
     ("train", "precision"): "fp32",
     ("train", "checkpoint_every"): _ANY,  # how often resume state is saved; the result does not depend on it
     ("train", "compile"): False,
+    ("train", "fast_dropout"): False,
     # typed configs (lora_repro/schemas.py) made every preset's implicit choices explicit fields
     ("method", "label"): None,
     ("method", "top_k"): None,

@@ -137,15 +137,19 @@ def autocast(train_cfg: TrainConfig, device: torch.device) -> contextlib.Abstrac
 
 @contextlib.contextmanager
 def frozen_weights_cast(model: nn.Module, train_cfg: TrainConfig) -> Iterator[None]:
-    """Under autocast, hold every frozen matmul weight (nn.Linear, GPT-2's Conv1D) in the autocast dtype.
+    """Under autocast, hold every frozen matmul weight and bias (nn.Linear, GPT-2's Conv1D) in the autocast
+    dtype.
 
     torch's autocast keeps a low-precision copy only of weights that require grad; a frozen one is cast
     again at every call. For SmolLM2 under bf16 that is every frozen weight read and written at every
     decoded token. Cast once here, the matmuls get the same bf16 values, so every result is bit-identical
-    (tested); measured on SmolLM2, 16 greedy decodes of 32 tokens took 0.68-0.76x the time and a LoRA
-    training step 0.96x. Norms and embeddings stay fp32 (autocast runs them in fp32), trained weights are
-    untouched, and the fp32 originals are back on exit. Skipped under DDP, which broadcasts every
-    parameter at wrapping.
+    (tested). `make bench-step --compare frozen-cast` on E2E LoRA (SmolLM2, 2 threads): 0.922x the step;
+    greedy decoding took 0.68-0.76x in a scratch script. Norms and embeddings stay fp32 (autocast runs them
+    in fp32); a tied LM head gets a bf16 copy of its own while the input embedding stays fp32. Trained
+    weights are untouched, and the fp32 originals are back on exit. The copies live beside the fp32
+    weights for the run (about 270 MB on SmolLM2), made before training, so a record counts them in
+    `rss_at_start`, not in what training added. Skipped under DDP, which broadcasts every parameter at
+    wrapping.
     """
     dtype = PRECISIONS[train_cfg.precision]
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []

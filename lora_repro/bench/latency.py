@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import statistics
 import time
 import uuid
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from lora_repro.bench.stats import Paired
+from lora_repro.bench.steps import peak_rss_bytes
 from lora_repro.bench.timing import cell_label, check_cells, grid_cells, make_timer, measure, summarise
 from lora_repro.bench.variants import (
     Variant,
@@ -79,8 +79,7 @@ def run_grid(grid: Mapping[str, Any], device: torch.device, seed: int = 0) -> La
     log.info("built %d variants in %.1f s: %s", len(variants), build_s, [v.name for v in variants])
     cell_results, peak_gpu = measure(models, variants, cells, base.config.vocab_size, device,
                                      int(grid["warmup"]), int(grid["trials"]), seed, check_cells(grid))
-    # ru_maxrss (KiB) is the kernel's high-water mark, updated lazily: it can trail the current RSS
-    peak_rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, psutil.Process().memory_info().rss)
+    peak_rss = peak_rss_bytes()
     memory = {}
     for variant in variants:
         model = models[variant.name]

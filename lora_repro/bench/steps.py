@@ -97,8 +97,10 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set since it started (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set since it started (Linux reports KiB). The kernel updates its
+    high-water mark lazily, so it can read a few pages below the resident set of this moment: the larger
+    of the two."""
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, rss_bytes())
 
 
 def environment() -> dict[str, Any]:

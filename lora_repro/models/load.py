@@ -118,29 +118,31 @@ def load_model(
 ) -> LoadedModel:
     """Build the model for a model config (conf/model/*.yaml) and a task kind.
 
-    `seed` fixes the randomly initialised parts (tiny weights, new heads) so a run is repeatable.
+    `seed` fixes the randomly initialised parts (tiny weights, new heads) so a run is repeatable;
+    `model.attn_implementation` (null: transformers' choice) picks the attention kernel at construction.
     """
     source = cfg["source"]
     auto = _auto_class(task_kind)
     head = _head_kwargs(task_kind, num_labels, head_dropout)
+    kernel = {"attn_implementation": cfg["attn_implementation"]} if cfg.get("attn_implementation") else {}
     torch.manual_seed(seed)
     if source == "tiny":
         tokenizer = build_tokenizer(cfg["family"])
         config = tiny_config(cfg["family"], tokenizer, **head, **cfg.get("overrides", {}))
-        return LoadedModel(with_attention(auto.from_config(config), cfg), tokenizer)
+        return LoadedModel(auto.from_config(config, **kernel), tokenizer)
     if source == "shape":
         config = AutoConfig.for_model(cfg["family"], **cfg["shape"], **head)
         with torch.device("meta"):
-            model = auto.from_config(config)
+            model = auto.from_config(config, **kernel)
         return LoadedModel(model, None)
     if source == "package":
         path = _local_path(cfg)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = auto.from_pretrained(path, dtype=torch.float32, **head)
+        model = auto.from_pretrained(path, dtype=torch.float32, **head, **kernel)
     elif source == "hub":
         try:
             tokenizer = AutoTokenizer.from_pretrained(cfg["hub_id"])
-            model = auto.from_pretrained(cfg["hub_id"], dtype=torch.float32, **head)
+            model = auto.from_pretrained(cfg["hub_id"], dtype=torch.float32, **head, **kernel)
         except OSError as err:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             raise ModelSourceError(
@@ -155,11 +157,4 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(with_attention(model, cfg), tokenizer)
-
-
-def with_attention(model: PreTrainedModel, cfg: dict) -> PreTrainedModel:
-    """The model on the config's attention kernel (`model.attn_implementation`; null: transformers' choice)."""
-    if cfg.get("attn_implementation"):
-        model.set_attn_implementation(cfg["attn_implementation"])
-    return model
+    return LoadedModel(model, tokenizer)
