@@ -1,19 +1,23 @@
-"""Dropout with a cheaper random draw on CPU (`train.fast_dropout`): same masks in law, 0.3-0.45x the time.
+"""Dropout with a cheaper random draw on CPU (`train.fast_dropout`): the same mask law, another stream.
 
-Why: on CPU, torch's dropout draws one Bernoulli number per element from its Mersenne Twister, and that
-draw was 15 % of a MiniLM LoRA training step on GLUE RTE (bf16, 1 thread; the profiler's `bernoulli_`),
-more than the attention's batched matmuls. Here one 64-bit word of the same generator gives four 16-bit
-draws: an element is kept when its draw is at least round(p * 65536) of the 65536 values, so the keep
-rate is 1 - p to within 1/131072 (p = 0.1: 0.1000061), and kept values are scaled by 1 / (1 - p), as
-torch does. A mask draw plus the masking took 0.28-0.45x of `F.dropout` on MiniLM's attention and
-hidden-state tensors (scratch measurements, 1 thread; `make bench-step --compare fast-dropout` measures
-a whole step). The masks differ from torch's for the same seed (another random stream), so a run with it
-is a different draw of the same procedure, not a bit-identical rerun.
+Why: on CPU, torch's dropout draws one Bernoulli number per element from its Mersenne Twister; that
+draw (`bernoulli_`) was 12-15 % of the profiler's op time in MiniLM training steps (the race against
+PEFT; GLUE RTE LoRA, bf16, 1 thread). Here one 64-bit word of the same generator gives four 16-bit
+draws: an element is kept when its draw is at least round(p * 65536) of the 65536 values, so the drop
+rate is p to within 1/131072 (p = 0.1: 0.1000061), and kept values are scaled by 1 / (1 - p), as torch
+does. Drawing and applying a mask took 0.28-0.45x the time of `F.dropout` on MiniLM's attention and
+hidden-state tensors (a scratch script, 1 thread); `make bench-step ARGS="--compare fast-dropout ..."`
+measured 0.945x a GLUE RTE LoRA step and 0.949x a full fine-tuning step. The masks differ from
+torch's for the same seed, so a run with it is another draw of the same procedure, not a bit-identical
+rerun. One difference besides the stream: a NaN or inf in a dropped position becomes 0 (torch's
+multiplies, and keeps it).
 
 No library provides this: torch's CPU dropout is the per-element draw, and nothing in transformers or
-PEFT replaces it. The switch is `torch.nn.functional.dropout` itself, for the training loop only: every
-nn.Dropout and transformers' eager attention call it by attribute, so one swap reaches them all (sdpa's
-internal dropout does not; it keeps torch's draw). CUDA tensors, p = 0 or 1 and invalid p go to torch's.
+PEFT replaces it. The switch is `torch.nn.functional.dropout` itself, for the training loop only, and
+process-wide while it lasts (every thread sees it): every nn.Dropout and transformers' eager attention
+call it by attribute, so one swap reaches them all (sdpa's internal dropout does not; it keeps torch's
+draw). CUDA tensors, tensor subclasses, code being compiled, and rates that 16 bits cannot hold (p
+that round to 0 or 65536 of 65536 draws: 0 and 1 included) go to torch's.
 """
 
 from __future__ import annotations
@@ -39,9 +43,16 @@ def keep_mask(shape: torch.Size, p: float, generator: torch.Generator | None = N
     return draws >= torch.iinfo(torch.int16).min + round(p * DRAW_VALUES)
 
 
+def drawable(p: float) -> bool:
+    """Whether 16-bit draws hold the drop rate `p` (to within 1/131072) with something both kept and dropped."""
+    return 0.0 <= p <= 1.0 and 1 <= round(p * DRAW_VALUES) <= DRAW_VALUES - 1
+
+
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
-    """`torch.nn.functional.dropout` with the mask from `keep_mask` on CPU; torch's own elsewhere."""
-    if not training or input.device.type != "cpu" or not 0.0 < p < 1.0:
+    """`torch.nn.functional.dropout` with the mask from `keep_mask` on plain CPU tensors; torch's own
+    elsewhere (see the module docstring)."""
+    plain_cpu = type(input) is torch.Tensor and input.device.type == "cpu"
+    if not training or not plain_cpu or not drawable(p) or torch.compiler.is_compiling():
         return _torch_dropout(input, p, training, inplace)
     keep = keep_mask(input.shape, p)
     if inplace:
@@ -55,8 +66,8 @@ def fast_dropout(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    functional.dropout = dropout
+    previous, functional.dropout = functional.dropout, dropout
     try:
         yield
     finally:
-        functional.dropout = _torch_dropout
+        functional.dropout = previous

@@ -260,8 +260,8 @@ class ModelConfig:
     gguf_file: str | None = None
     shape: dict[str, Any] | None = None  # config values for random weights (params, latency)
     # transformers' attention kernel: null keeps its default (sdpa where the model has it; DeBERTa-v2: eager);
-    # eager: matmul + softmax, 0.82-0.92x sdpa's training step here (make bench-step: MiniLM on GLUE RTE,
-    # SmolLM2 on E2E; CHANGELOG), as sdpa falls back to its math path under dropout on CPU
+    # eager: matmul + softmax, 0.82-0.92x sdpa's training step here (make bench-step; CHANGELOG): on MiniLM
+    # under dropout sdpa runs its math path, on SmolLM2 (no dropout) its flash backward was the cost
     attn_implementation: str | None = None
 
     def __post_init__(self) -> None:

@@ -9,16 +9,24 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from lora_repro.dropout import DRAW_VALUES, dropout, fast_dropout, keep_mask
+from lora_repro.dropout import DRAW_VALUES, drawable, dropout, fast_dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
 def test_the_keep_rate_is_one_minus_p_within_the_sampling_error(p):
     count = 1_000_000
     kept = keep_mask(torch.Size([count]), p, torch.Generator().manual_seed(0)).float().mean().item()
-    expected = 1 - round(p * DRAW_VALUES) / DRAW_VALUES
-    assert abs(expected - (1 - p)) <= 0.5 / DRAW_VALUES
-    assert abs(kept - expected) < 5 * math.sqrt(p * (1 - p) / count)  # five standard errors
+    assert abs(kept - (1 - p)) < 5 * math.sqrt(p * (1 - p) / count) + 0.5 / DRAW_VALUES  # 5 standard errors
+
+
+@pytest.mark.parametrize("p", [1e-6, 1 - 1e-6])
+def test_rates_that_16_bits_cannot_hold_go_to_torchs_dropout(p, monkeypatch):
+    assert not drawable(p) and drawable(1 / DRAW_VALUES) and drawable(1 - 1 / DRAW_VALUES)
+    monkeypatch.setattr("lora_repro.dropout.keep_mask", lambda *args: pytest.fail("drew a 16-bit mask"))
+    torch.manual_seed(0)
+    out = dropout(torch.ones(10_000), p)
+    torch.manual_seed(0)
+    assert torch.equal(out, functional.dropout(torch.ones(10_000), p))
 
 
 def test_draws_are_independent_across_the_four_slices_of_a_word():
@@ -73,3 +81,34 @@ def test_the_switch_reaches_nn_dropout_inside_the_block_only():
     with pytest.raises(RuntimeError), fast_dropout(True):
         raise RuntimeError("a failing step")
     assert functional.dropout is before  # restored on the way out of an exception
+
+
+def test_the_switch_restores_what_it_replaced(monkeypatch):
+    def other(*args, **kwargs):
+        return None
+
+    monkeypatch.setattr(functional, "dropout", other)
+    with fast_dropout(True), fast_dropout(True):
+        assert functional.dropout is dropout
+    assert functional.dropout is other
+
+
+def test_the_switch_reaches_transformers_eager_attention(monkeypatch):
+    """A tiny BERT in training, eager attention: the attention probabilities (4-D) and the hidden states
+    (3-D) both get their masks from here."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, attn_implementation="eager")
+    model = BertModel(config).train()
+    shapes: list[int] = []
+
+    def counting(shape, p, generator=None):
+        shapes.append(len(shape))
+        return real(shape, p, generator)
+
+    real = keep_mask
+    monkeypatch.setattr("lora_repro.dropout.keep_mask", counting)
+    with fast_dropout(True):
+        model(input_ids=torch.randint(0, 50, (2, 7)))
+    assert shapes.count(4) == 2 and shapes.count(3) == 1 + 2 * 2  # per layer: attention; embeddings + 2 per layer
