@@ -83,9 +83,9 @@ ifeq ($(origin LAUNCHER),command line)
 	  +shard=$(shell seq -s, -f '%g/$(JOBS)' 0 $$(($(JOBS) - 1))) hydra/launcher=$(LAUNCHER) $(LAUNCH_ARGS) $(ARGS)
 else
 	@set -e; pids=; queue=$$(mktemp -d); trap 'kill $$pids 2>/dev/null || :; rm -rf "$$queue"' EXIT; \
-	trap 'exit 130' INT TERM; for i in $$(seq $(JOBS)); do \
+	trap 'exit 130' INT; trap 'exit 143' TERM; for i in $$(seq $(JOBS)); do \
 	  $(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --queue "$$queue" $(ARGS) & \
-	  pids="$$pids $$!"; done; for p in $$pids; do wait $$p; done
+	  pids="$$pids $$!"; done; for p in $$pids; do wait $$p; done; pids=
 endif
 	$(PYTHON) -m experiments.reproduce +experiment=$(call experiment,$*) $(SEED_ARG) --table-only $(ARGS)
 
@@ -102,7 +102,7 @@ bench-peer: $(STAMP)  ## lora-repro vs PEFT + HF Trainer: step time and memory r
 bench-optimizer: $(STAMP)  ## AdamW step, torch's CPU for-loop vs fused, on a run's trainable weights (ARGS=overrides)
 	$(PYTHON) -m experiments.bench_optimizer $(ARGS)
 
-bench-step: $(STAMP)  ## a run's training step two ways, paired (ARGS="--compare attention|frozen-cast|compile [overrides]")
+bench-step: $(STAMP)  ## a run's training step two ways, paired (ARGS="--compare attention|frozen-cast|compile|fast-dropout [overrides]")
 	$(PYTHON) -m experiments.bench_step $(ARGS)
 
 gpu-check: $(STAMP)  ## on a GPU machine: CUDA tests (events, memory stats, fp16/bf16) and the smoke latency grid

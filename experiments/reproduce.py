@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seeds", type=positive_int, default=None, help="run seeds 0..N-1 (default: the protocol's)")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--shard", type=shard, default=(0, 1), help="i/n: run every n-th method starting at i")
-    split.add_argument("--queue", type=Path, help="a folder shared by the processes that split the runs one by one")
+    split.add_argument("--queue", type=Path, help="a fresh folder shared by the processes that split the runs")
     parser.add_argument("--table-only", action="store_true", help="write the table from the store, train nothing")
     parser.add_argument("--check-only", action="store_true",
                         help="check every run of the protocol (values, data, folders), run nothing")

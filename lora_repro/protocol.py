@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from lora_repro import preflight
 from lora_repro.config import ConfigError, compose_config, method_label, resolve
-from lora_repro.distributed import is_rank_zero
+from lora_repro.distributed import is_rank_zero, world_size
 from lora_repro.paths import results_dir
 from lora_repro.report.efficiency import write_efficiency_table
 from lora_repro.report.glue import write_glue_table
@@ -78,8 +78,9 @@ def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[i
     protocol = OmegaConf.to_container(base.protocol, resolve=True)
     seed_list = list(range(seeds)) if seeds is not None else protocol["seeds"]
     index, count = shard
-    if queue is not None and count > 1:
-        raise ConfigError(f"--queue and --shard {index}/{count} both split the runs; give one of them")
+    if queue is not None and (count > 1 or table_only or world_size() > 1):
+        raise ConfigError("--queue splits the runs among processes: not with --shard, --table-only (which runs "
+                          "nothing) or under torchrun (whose ranks train each run together)")
     queue_worker = RunQueue(queue) if queue is not None else None
     started = time.perf_counter()
     if check_only or not table_only:
@@ -101,18 +102,20 @@ def run_plan(plan: list[dict], queue: RunQueue | None) -> None:
     newest time for each)."""
     keys = {(method_label(c), c["seed"], c["task"]["name"]): run_key(c) for c in plan}
 
-    def execute(cfg: dict) -> None:
+    def execute(cfg: dict) -> bool:
+        """Run (or find stored) `cfg`; whether it completed."""
         log.info("%s %s seed %d", cfg["task"]["name"], method_label(cfg), cfg["seed"])
         source = (method_label(cfg), cfg["seed"], cfg["train"]["init_from_task"])
-        run(cfg, init_key=keys.get(source))  # a source outside the plan: the store's latest match
+        return run(cfg, init_key=keys.get(source))["status"] == "completed"  # source outside the plan: the store's
 
     if queue is None:
-        for cfg in plan:
+        for number, cfg in enumerate(plan, 1):
+            log.info("[%d/%d]", number, len(plan))
             execute(cfg)
         return
     seconds = expected_seconds(RunStore().records(plan[0]["experiment_name"])) if plan else {}
-    ran = queue.work(claim_order(plan, seconds), execute)
-    log.info("this process ran %d of the %d runs", ran, len(plan))
+    taken = queue.work(claim_order(plan, seconds), execute)
+    log.info("this process took %d of the %d runs", taken, len(plan))
 
 
 def write_tables(base, protocol: dict, keys: set[str], wall_s: float | None) -> list[Path]:

@@ -3,21 +3,25 @@
 `make reproduce-glue` used to give each of its two processes every second method. Methods differ in
 cost (full fine-tuning took 25.5 of the GLUE table's 100 summed minutes), so one process worked on while
 the other sat idle: 52.6 min of wall time for 100.2 min of runs, where half would be 50.1. Here every
-process walks the same ordered plan and claims a run by creating its claim file (`O_CREAT | O_EXCL`:
-of two processes exactly one gets it), longest runs first (the greedy rule that finishes a set of jobs
-on a few machines close to the ideal), init sources before the runs that start from them.
+process walks the same ordered plan and claims a run by linking its claim file into place (`os.link`
+fails when the name exists: of two processes exactly one gets it), longest runs first (the greedy rule
+that finishes a set of jobs on a few machines close to the ideal), init sources before the runs that
+start from them.
 
 A run whose init source (`train.init_from_task`) another process is still training waits for it; a
-process takes other ready runs first and waits only when none is left. A source that failed stops the
-waiting processes with its name. Why not a library: joblib/Hydra launchers dispatch independent jobs,
-and this needs the init-source order across processes and skips that the store decides (`run.run`).
-The claim files live in a folder shared by one invocation (the Makefile makes it with `mktemp -d`).
+process takes other ready runs first and waits only when none is left. A source that failed, or whose
+process died before finishing it, stops the waiting processes with its name. The marks live in a fresh
+folder per invocation (the Makefile makes it with `mktemp -d`) on a file system with `flock`.
+
+Why not a library: joblib and Hydra's launchers dispatch independent jobs; this needs the init-source
+order across processes, and skips that the store decides (`run.run`).
 """
 
 from __future__ import annotations
 
-import logging
+import fcntl
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -25,8 +29,6 @@ from typing import Any
 
 from lora_repro.config import method_label
 from lora_repro.errors import BadInput
-
-log = logging.getLogger("reproduce")
 
 RunId = tuple[str, int, str]  # (method label, seed, task)
 
@@ -63,39 +65,66 @@ def claim_order(plan: list[dict], seconds: Mapping[RunId, float]) -> list[dict]:
 
 
 class RunQueue:
-    """The claim, done and failed marks of one invocation's runs in `folder`."""
+    """The claim, done and failed marks of one invocation's runs in `folder` (fresh per invocation).
+
+    A claim is a file its process holds an exclusive `flock` on until the run's done or failed mark is
+    written, so a claim whose lock is free and that has neither mark belongs to a process that died
+    (killed, out of memory): the processes waiting on that run stop with its name instead of waiting on.
+    """
 
     def __init__(self, folder: Path, poll_s: float = 2.0) -> None:
         if not folder.is_dir():
-            raise BadInput(f"--queue {folder}: no such folder; give one folder that every process of "
-                                    "this invocation shares (e.g. from `mktemp -d`)")
+            raise BadInput(f"--queue {folder}: no such folder; give one fresh folder that every process of "
+                           "this invocation shares (e.g. from `mktemp -d`)")
         self.folder, self.poll_s = folder, poll_s
 
     def _mark(self, ident: RunId, kind: str) -> Path:
         method, seed, task = ident
         return self.folder / f"{method}.{task}.{seed}.{kind}"
 
-    def claim(self, ident: RunId) -> bool:
-        """Whether this process got `ident` (exactly one process does)."""
+    def claim(self, ident: RunId) -> int | None:
+        """A descriptor holding the lock of `ident`'s claim if this process got it (exactly one does)."""
+        fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".claiming-")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held before the claim is visible under its name
         try:
-            os.close(os.open(self._mark(ident, "claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.link(temporary, self._mark(ident, "claim"))
         except FileExistsError:
-            return False
-        return True
+            os.close(fd)
+            return None
+        finally:
+            os.unlink(temporary)
+        return fd
 
     def ready(self, source: RunId | None, planned: set[RunId]) -> bool:
-        """Whether a run starting from `source` can start: no source in this plan, or it is done."""
+        """Whether a run starting from `source` can start: no source in this plan, or it is done. Raises
+        when the source failed, or its process stopped before finishing it."""
         if source is None or source not in planned or self._mark(source, "done").exists():
             return True
-        if self._mark(source, "failed").exists():
-            raise RuntimeError(f"{' '.join(map(str, source))} failed in another process, so the runs that start "
-                               "from its weights cannot run; fix it and run the protocol again")
+        claimed = self._mark(source, "claim")
+        if not self._mark(source, "failed").exists() and (not claimed.exists() or self._locked(claimed)):
+            return False  # not started yet, or training
+        if self._mark(source, "done").exists():  # finished between the two looks
+            return True
+        why = "failed" if self._mark(source, "failed").exists() else "was left unfinished by a process that stopped"
+        raise RuntimeError(f"{' '.join(map(str, source))} {why} in another process, so the runs that start from "
+                           "its weights cannot run; fix it and run the protocol again")
+
+    @staticmethod
+    def _locked(path: Path) -> bool:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
         return False
 
-    def work(self, plan: list[dict], execute: Callable[[dict], None]) -> int:
-        """Claim and `execute` runs of `plan` (in claim order) until every run is claimed; returns how many
-        this process ran."""
-        pending, planned, ran = list(plan), {run_id(cfg) for cfg in plan}, 0
+    def work(self, plan: list[dict], execute: Callable[[dict], bool]) -> int:
+        """Claim and `execute` runs of `plan` (in claim order) until every run is claimed; `execute` says
+        whether its run completed (a run with a NaN loss is stored as failed). Returns how many runs this
+        process took (run or found in the store)."""
+        pending, planned, taken = list(plan), {run_id(cfg) for cfg in plan}, 0
         while pending:
             cfg = next((c for c in pending if self.ready(source_id(c), planned)), None)
             if cfg is None:
@@ -103,13 +132,14 @@ class RunQueue:
                 continue
             pending.remove(cfg)
             ident = run_id(cfg)
-            if not self.claim(ident):
+            lock = self.claim(ident)
+            if lock is None:
                 continue
+            completed = False
             try:
-                execute(cfg)
-            except BaseException:
-                self._mark(ident, "failed").touch()
-                raise
-            self._mark(ident, "done").touch()
-            ran += 1
-        return ran
+                completed = execute(cfg)
+            finally:
+                self._mark(ident, "done" if completed else "failed").touch()
+                os.close(lock)
+            taken += 1
+        return taken

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -59,40 +60,67 @@ def test_two_workers_run_every_run_once_and_dependents_after_their_source(tmp_pa
     events: list[tuple[str, tuple]] = []
     lock = threading.Lock()
 
-    def execute(c: dict) -> None:
+    def execute(c: dict) -> bool:
         with lock:
             events.append(("start", run_id(c)))
-        time.sleep(0.2 if c["task"]["name"] == "stsb" else 0.02)  # the sources are the long runs
+        time.sleep(0.3 if run_id(c) == ("full", 0, "stsb") else 0.02)
         with lock:
             events.append(("end", run_id(c)))
+        return True
 
-    assert work_in_threads(queue, claim_order(PLAN, {}), execute) == []
+    plan = [cfg("stsb", "full"), cfg("stsb"), cfg("mrpc", "full", init="stsb"), cfg("mrpc", init="stsb")]
+    assert work_in_threads(queue, claim_order(plan, {}), execute) == []
     starts = [ident for kind, ident in events if kind == "start"]
-    assert sorted(starts) == sorted(run_id(c) for c in PLAN)  # each once
-    source_end = events.index(("end", ("lora", 0, "stsb")))
-    for dependent in (("lora", 0, "mrpc"), ("lora", 0, "rte")):
-        assert events.index(("start", dependent)) > source_end
-    # while one worker trained lora's STS-B, the other took full's runs instead of waiting
-    assert events.index(("start", ("full", 0, "sst2"))) < source_end
+    assert sorted(starts) == sorted(run_id(c) for c in plan)  # each once
+    for method in ("full", "lora"):
+        assert events.index(("start", (method, 0, "mrpc"))) > events.index(("end", (method, 0, "stsb")))
+    # while one worker trained full's long STS-B, the other went on to LoRA's MRPC instead of waiting
+    assert events.index(("start", ("lora", 0, "mrpc"))) < events.index(("end", ("full", 0, "stsb")))
 
 
-def test_a_failed_source_stops_the_workers_waiting_for_it(tmp_path):
+@pytest.mark.parametrize("outcome", ["raises", "stored as failed"])
+def test_a_failed_source_stops_the_workers_waiting_for_it(tmp_path, outcome):
     queue = RunQueue(tmp_path, poll_s=0.01)
     plan = [cfg("stsb"), cfg("rte", init="stsb"), cfg("mrpc", init="stsb")]
 
-    def execute(c: dict) -> None:
+    def execute(c: dict) -> bool:
         if c["task"]["name"] == "stsb":
             time.sleep(0.1)
-            raise RuntimeError("training diverged")
+            if outcome == "raises":
+                raise RuntimeError("the data reader failed")
+            return False  # a NaN loss: run() stores a failed record and returns it
+        return True
 
-    errors = work_in_threads(queue, plan, execute)
-    messages = sorted(str(err) for err in errors)
-    assert messages[0].startswith("lora 0 stsb failed in another process") and messages[1] == "training diverged"
+    messages = sorted(str(err) for err in work_in_threads(queue, plan, execute))
+    waiting = [m for m in messages if m.startswith("lora 0 stsb failed in another process")]
+    assert len(waiting) == (1 if outcome == "raises" else 2)
+    assert messages.count("the data reader failed") == (outcome == "raises")
 
 
-def test_queue_needs_an_existing_folder_and_excludes_shards(tmp_path, capsys):
+def test_a_source_whose_process_died_stops_the_wait(tmp_path):
+    """A claim with its lock released and no done or failed mark: its process was killed mid-run."""
+    queue = RunQueue(tmp_path, poll_s=0.01)
+    os.close(queue.claim(("lora", 0, "stsb")))  # claimed, then gone without a mark
+    with pytest.raises(RuntimeError, match="lora 0 stsb was left unfinished by a process that stopped"):
+        queue.work([cfg("stsb"), cfg("rte", init="stsb")], lambda c: True)
+
+
+def test_a_source_being_trained_is_waited_for(tmp_path):
+    queue = RunQueue(tmp_path, poll_s=0.01)
+    held = queue.claim(("lora", 0, "stsb"))  # another process, training it
+    assert queue.claim(("lora", 0, "stsb")) is None
+    assert not queue.ready(("lora", 0, "stsb"), {("lora", 0, "stsb")})
+    (tmp_path / "lora.stsb.0.done").touch()
+    os.close(held)
+    assert queue.ready(("lora", 0, "stsb"), {("lora", 0, "stsb")})
+
+
+def test_queue_needs_an_existing_folder_and_excludes_shards_and_table_only(tmp_path, capsys):
     with pytest.raises(BadInput, match="no such folder"):
         RunQueue(tmp_path / "absent")
     with pytest.raises(SystemExit):
         reproduce.main(["+experiment=glue_smoke", "--queue", str(tmp_path), "--shard", "0/2"])
     assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["+experiment=glue_smoke", "--queue", str(tmp_path), "--table-only"])
+    assert "not with --shard, --table-only" in capsys.readouterr().err

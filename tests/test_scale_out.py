@@ -42,7 +42,7 @@ def wait_until(condition, what: str) -> None:
 
 # train.epochs=100000: the workers are still training whenever the interrupt comes
 MAKE_TARGETS = {
-    # background shard processes (a non-interactive shell makes them ignore SIGINT)
+    # background queue workers (a non-interactive shell makes them ignore SIGINT)
     "reproduce": (["reproduce-glue", "SCALE=smoke", "ARGS=train.epochs=100000"], "--queue"),
     # a Hydra multirun on joblib worker processes
     "sweep": (["sweep-budget", "ARGS=model=tiny_bert scale=smoke train.epochs=100000 hydra.sweep.dir={tmp}/sweep"],
