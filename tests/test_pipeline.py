@@ -302,4 +302,5 @@ def test_every_committed_record_keeps_its_key():
         cfg = compose(f"+experiment={record['experiment']}", f"task={config['task']['name']}",
                       f"method={record['method']}", f"seed={config['seed']}")
         recomposed += run_key(cfg) == record["key"]
-    assert recomposed == 48  # the records of today's protocols (the rest: earlier protocol versions)
+    # the records of today's protocols (48), and full fine-tuning's seeds 1 and 2 on GLUE RTE, MRPC and CoLA (6)
+    assert recomposed == 54
