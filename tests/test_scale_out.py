@@ -105,8 +105,8 @@ def test_make_reproduce_workers_share_the_runs_and_write_each_once(tmp_path):
                            f"PYTHON={sys.executable}", "STAMP="], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    ran = [int(n) for n in re.findall(r"this process ran (\d+) of the 4 runs", done.stderr)]
-    assert len(ran) == 2 and sum(ran) == 4
+    taken = [int(n) for n in re.findall(r"this process took (\d+) of the 4 runs", done.stderr)]
+    assert len(taken) == 2 and sum(taken) == 4
     records = RunStore(tmp_path / "results").records("glue_smoke")
     assert sorted((r["method"], r["task"]) for r in records) == [("full", "sst2"), ("full", "stsb"),
                                                                 ("lora", "sst2"), ("lora", "stsb")]
