@@ -73,7 +73,8 @@ reproduce-dart: $(STAMP)  ## DART table (as reproduce-e2e)
 reproduce-e2e reproduce-webnlg reproduce-dart: JOBS = 1
 # JOBS processes share the runs through a queue folder, one run at a time, longest first (run_queue.py).
 # They run in the background, where a non-interactive shell makes them ignore Ctrl-C (SIGINT): the traps
-# stop them (SIGTERM) when make is interrupted or terminated, or when one of them fails.
+# stop them (SIGTERM) when make is interrupted or terminated, or when a failed worker is waited for
+# (in start order; a worker that reaches a run depending on a failed one stops by itself).
 # LAUNCHER=<conf/hydra/launcher option> on the command line: JOBS shards (every JOBS-th method) run as one
 # Hydra multirun on that launcher instead (submitit_slurm_sweep: a SLURM array; LAUNCH_ARGS: its settings, e.g. hydra.launcher.partition=gpu).
 reproduce-%:

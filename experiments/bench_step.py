@@ -15,6 +15,12 @@ ratio B / A is paired within a step. What B changes (`--compare`):
 - `fast-dropout`: torch's dropout -> `train.fast_dropout` (lora_repro/dropout.py); its masks are another
   random draw, so the losses differ by what dropout's randomness moves (no longer a check).
 
+Both sides run the run's `train.fast_dropout` (except under `--compare fast-dropout`); neither casts its
+frozen weights once (except B under `--compare frozen-cast`), which on MiniLM at 1 thread measured no
+difference (CHANGELOG, session 8). Under `--compare attention` with fast dropout on, eager attention's
+dropout is the fast one and sdpa keeps its internal draw: add `train.fast_dropout=false` to compare the
+kernels alone (the committed numbers were measured that way, before fast dropout existed).
+
 Threads: the run's `train.num_threads` unless `--threads`. Prints each side's median step and warm-up
 time, the paired ratio B / A with its 95 % interval, and the largest difference between the two sides'
 losses (a check that B computes what A does). The numbers are printed, not stored.

@@ -66,9 +66,9 @@ def protocol_keys(overrides: Sequence[str], protocol: dict, seeds: Sequence[int]
 def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[int, int] = (0, 1),
               table_only: bool = False, check_only: bool = False, queue: Path | None = None) -> list[Path]:
     """Run a protocol's missing runs (this shard's methods, or those this process claims from `queue`),
-    then write its tables (unsharded calls only); returns the tables' CSV files (none from a shard or a
-    queue worker). `check_only`: check every run (values, data, folders) and stop, as `make reproduce-*`
-    does once before it starts its processes."""
+    then write its tables, unless this call is a shard or a queue worker; returns the tables' CSV files
+    (none from a shard or a queue worker). `check_only`: check every run (values, data, folders) and
+    stop, as `make reproduce-*` does once before it starts its processes."""
     base = compose_config(overrides)
     if seeds is not None and seeds < 1:
         raise ConfigError(f"seeds={seeds}: give a number of seeds >= 1 (seeds 0..N-1), or none for the protocol's")
@@ -106,7 +106,8 @@ def run_plan(plan: list[dict], queue: RunQueue | None) -> None:
         """Run (or find stored) `cfg`; whether it completed."""
         log.info("%s %s seed %d", cfg["task"]["name"], method_label(cfg), cfg["seed"])
         source = (method_label(cfg), cfg["seed"], cfg["train"]["init_from_task"])
-        return run(cfg, init_key=keys.get(source))["status"] == "completed"  # source outside the plan: the store's
+        # a source outside the plan: the store's latest match
+        return run(cfg, init_key=keys.get(source))["status"] == "completed"
 
     if queue is None:
         for number, cfg in enumerate(plan, 1):

@@ -1,8 +1,9 @@
 """Several processes sharing one protocol's runs, run by run, so they finish together.
 
 `make reproduce-glue` used to give each of its two processes every second method. Methods differ in
-cost (full fine-tuning took 25.5 of the GLUE table's 100 summed minutes), so one process worked on while
-the other sat idle: 52.6 min of wall time for 100.2 min of runs, where half would be 50.1. Here every
+cost (full fine-tuning took a quarter of the GLUE table's summed time), so one process worked on while
+the other sat idle: 52.6 min of wall time for 97.5 min of runs (shards of 52.6 and 44.9), where half
+would be 48.7. Here every
 process walks the same ordered plan and claims a run by linking its claim file into place (`os.link`
 fails when the name exists: of two processes exactly one gets it), longest runs first (the greedy rule
 that finishes a set of jobs on a few machines close to the ideal), init sources before the runs that
@@ -10,8 +11,10 @@ start from them.
 
 A run whose init source (`train.init_from_task`) another process is still training waits for it; a
 process takes other ready runs first and waits only when none is left. A source that failed, or whose
-process died before finishing it, stops the waiting processes with its name. The marks live in a fresh
-folder per invocation (the Makefile makes it with `mktemp -d`) on a file system with `flock`.
+process died before finishing it, stops each process when it next looks at a run that starts from it,
+with the source named (so one failed source ends the invocation, as it did the sequential loop). The
+marks live in a fresh folder per invocation (the Makefile makes it with `mktemp -d`) on a file system
+with hard links and `flock`.
 
 Why not a library: joblib and Hydra's launchers dispatch independent jobs; this needs the init-source
 order across processes, and skips that the store decides (`run.run`).
@@ -106,8 +109,8 @@ class RunQueue:
         if self._mark(source, "done").exists():  # finished between the two looks
             return True
         why = "failed" if self._mark(source, "failed").exists() else "was left unfinished by a process that stopped"
-        raise RuntimeError(f"{' '.join(map(str, source))} {why} in another process, so the runs that start from "
-                           "its weights cannot run; fix it and run the protocol again")
+        raise RuntimeError(f"{' '.join(map(str, source))} {why}, so the runs that start from its weights cannot "
+                           "run; fix it and run the protocol again")
 
     @staticmethod
     def _locked(path: Path) -> bool:

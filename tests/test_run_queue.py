@@ -21,7 +21,7 @@ PLAN = [cfg("sst2", "full"), cfg("stsb", "full"), cfg("sst2"), cfg("stsb"), cfg(
         cfg("rte", init="stsb")]
 
 
-def test_claim_order_puts_sources_first_then_the_longest_known_runs():
+def test_claim_order_is_init_depth_then_the_longest_known_run_first():
     seconds = {("full", 0, "sst2"): 30.0, ("full", 0, "stsb"): 50.0, ("lora", 0, "stsb"): 40.0,
                ("lora", 0, "rte"): 20.0, ("lora", 0, "mrpc"): 10.0}
     order = [run_id(c) for c in claim_order(PLAN, seconds)]
@@ -56,14 +56,19 @@ def work_in_threads(queue: RunQueue, plan: list[dict], execute, workers: int = 2
 
 
 def test_two_workers_run_every_run_once_and_dependents_after_their_source(tmp_path):
+    """Full fine-tuning's STS-B does not end until LoRA's MRPC has started: the worker without it must go
+    on to LoRA's runs instead of waiting for full's MRPC (else it times out and the order check fails)."""
     queue = RunQueue(tmp_path, poll_s=0.01)
     events: list[tuple[str, tuple]] = []
-    lock = threading.Lock()
+    lock, lora_mrpc_started = threading.Lock(), threading.Event()
 
     def execute(c: dict) -> bool:
         with lock:
             events.append(("start", run_id(c)))
-        time.sleep(0.3 if run_id(c) == ("full", 0, "stsb") else 0.02)
+        if run_id(c) == ("lora", 0, "mrpc"):
+            lora_mrpc_started.set()
+        if run_id(c) == ("full", 0, "stsb"):
+            lora_mrpc_started.wait(timeout=10)
         with lock:
             events.append(("end", run_id(c)))
         return True
@@ -74,7 +79,6 @@ def test_two_workers_run_every_run_once_and_dependents_after_their_source(tmp_pa
     assert sorted(starts) == sorted(run_id(c) for c in plan)  # each once
     for method in ("full", "lora"):
         assert events.index(("start", (method, 0, "mrpc"))) > events.index(("end", (method, 0, "stsb")))
-    # while one worker trained full's long STS-B, the other went on to LoRA's MRPC instead of waiting
     assert events.index(("start", ("lora", 0, "mrpc"))) < events.index(("end", ("full", 0, "stsb")))
 
 
@@ -92,7 +96,7 @@ def test_a_failed_source_stops_the_workers_waiting_for_it(tmp_path, outcome):
         return True
 
     messages = sorted(str(err) for err in work_in_threads(queue, plan, execute))
-    waiting = [m for m in messages if m.startswith("lora 0 stsb failed in another process")]
+    waiting = [m for m in messages if m.startswith("lora 0 stsb failed, so the runs that start from its weights")]
     assert len(waiting) == (1 if outcome == "raises" else 2)
     assert messages.count("the data reader failed") == (outcome == "raises")
 
