@@ -25,7 +25,7 @@ from lora_repro.report.efficiency import write_efficiency_table
 from lora_repro.report.glue import write_glue_table
 from lora_repro.report.nlg import write_nlg_table
 from lora_repro.run import run
-from lora_repro.run_queue import RunQueue, claim_order, expected_seconds
+from lora_repro.run_queue import RunQueue, claim_order, expected_seconds, run_id, source_id
 from lora_repro.store import RunStore, run_key
 
 log = logging.getLogger("reproduce")
@@ -100,14 +100,13 @@ def reproduce(overrides: Sequence[str], seeds: int | None = None, shard: tuple[i
 def run_plan(plan: list[dict], queue: RunQueue | None) -> None:
     """Run `plan` in order, or the runs this process claims from `queue` (longest first by the store's
     newest time for each)."""
-    keys = {(method_label(c), c["seed"], c["task"]["name"]): run_key(c) for c in plan}
+    keys = {run_id(c): run_key(c) for c in plan}
 
     def execute(cfg: dict) -> bool:
         """Run (or find stored) `cfg`; whether it completed."""
         log.info("%s %s seed %d", cfg["task"]["name"], method_label(cfg), cfg["seed"])
-        source = (method_label(cfg), cfg["seed"], cfg["train"]["init_from_task"])
         # a source outside the plan: the store's latest match
-        return run(cfg, init_key=keys.get(source))["status"] == "completed"
+        return run(cfg, init_key=keys.get(source_id(cfg)))["status"] == "completed"
 
     if queue is None:
         for number, cfg in enumerate(plan, 1):
